@@ -1,0 +1,5 @@
+"""Entry point for ``python -m idc_sync``."""
+
+from idc_sync.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""The one exception tree of idc-sync.
+
+    IdcSyncError
+    +-- ConfigurationError        bad config, manifest or selection: exit code 2, nothing touched
+    |   +-- ManifestError         a manifest line that cannot be read
+    |   +-- SelectionError        unknown collections / UIDs under --strict, bad SQL
+    +-- StateError                the SQLite state is unreadable, locked or from a newer schema
+    +-- UnsafePathError           a template value or object key that would escape the mirror root
+    +-- TransferError             one object (or listing) could not be fetched
+        +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
+        +-- IntegrityError        size or checksum mismatch
+        +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
+        +-- LocalStorageError     the local disk failed us (ENOSPC, EIO): stop, do not retry blindly
+"""
+
+from __future__ import annotations
+
+
+class IdcSyncError(Exception):
+    """Base of every error idc-sync raises on purpose."""
+
+
+class ConfigurationError(IdcSyncError):
+    """The user's input (config, flags, manifest, selection) is wrong; exit code 2."""
+
+
+class ManifestError(ConfigurationError):
+    """A manifest file or one of its lines cannot be understood."""
+
+    def __init__(self, path: str, line_number: int | None, message: str) -> None:
+        where = f"{path}:{line_number}" if line_number is not None else path
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line_number = line_number
+
+
+class SelectionError(ConfigurationError):
+    """The selection names things the installed IDC release does not have, or its SQL fails."""
+
+
+class StateError(IdcSyncError):
+    """The state directory or its SQLite database cannot be used."""
+
+
+class UnsafePathError(IdcSyncError):
+    """A path built from index values or object keys would not be a safe place to write."""
+
+
+class TransferError(IdcSyncError):
+    """Fetching one object or listing one series failed."""
+
+
+class RetryableError(TransferError):
+    """A transient failure: try again after a backoff."""
+
+
+class IntegrityError(TransferError):
+    """The bytes received do not match the expected size or checksum."""
+
+
+class PermanentError(TransferError):
+    """Trying again will not help (403, 404, a malformed key)."""
+
+
+class LocalStorageError(TransferError):
+    """Writing to the local file system failed (disk full, I/O error)."""
