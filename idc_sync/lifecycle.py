@@ -1,0 +1,113 @@
+"""The life of a series and of an object in the queue, as one table of allowed moves,
+and the verdict that decides whether a series is complete. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+_S = TypeVar("_S", bound=StrEnum)
+
+
+class SeriesState(StrEnum):
+    QUEUED = "queued"  # selected, waiting for a worker
+    LEASED = "leased"  # a worker holds it until lease_expires
+    COMPLETE = "complete"  # every expected file verified, counts and bytes match the index
+    INCOMPLETE = "incomplete"  # listed and worked, but something is missing (see last_error)
+    FAILED = "failed"  # the series could not even be listed
+
+
+class ObjectState(StrEnum):
+    PENDING = "pending"  # listed, not yet verified on disk
+    DONE = "done"  # fetched or re-verified, fsynced, renamed into place
+    FAILED = "failed"  # transient failures used up this run's retry budget
+    QUARANTINED = "quarantined"  # never matched its checksum; needs an operator
+    REFUSED = "refused"  # unsafe key or colliding path; never written
+
+
+SERIES_TRANSITIONS: Mapping[SeriesState, frozenset[SeriesState]] = {
+    SeriesState.QUEUED: frozenset({SeriesState.LEASED}),
+    # an expired lease is taken over by another worker: leased -> leased
+    SeriesState.LEASED: frozenset(
+        {
+            SeriesState.LEASED,
+            SeriesState.COMPLETE,
+            SeriesState.INCOMPLETE,
+            SeriesState.FAILED,
+            SeriesState.QUEUED,
+        }
+    ),
+    SeriesState.COMPLETE: frozenset({SeriesState.QUEUED}),  # an operator's verify found damage
+    SeriesState.INCOMPLETE: frozenset({SeriesState.QUEUED}),
+    SeriesState.FAILED: frozenset({SeriesState.QUEUED}),
+}
+
+OBJECT_TRANSITIONS: Mapping[ObjectState, frozenset[ObjectState]] = {
+    ObjectState.PENDING: frozenset(
+        {ObjectState.DONE, ObjectState.FAILED, ObjectState.QUARANTINED, ObjectState.REFUSED}
+    ),
+    ObjectState.FAILED: frozenset(
+        {ObjectState.PENDING, ObjectState.DONE, ObjectState.FAILED, ObjectState.QUARANTINED}
+    ),
+    ObjectState.QUARANTINED: frozenset({ObjectState.PENDING}),
+    ObjectState.REFUSED: frozenset({ObjectState.PENDING}),
+    ObjectState.DONE: frozenset({ObjectState.PENDING}),  # re-verification found it damaged
+}
+
+
+def can_move(table: Mapping[_S, frozenset[_S]], old: _S, new: _S) -> bool:
+    return new in table.get(old, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesExpectation:
+    """What the IDC index promises for a series (None where the index does not say)."""
+
+    instance_count: int | None
+    series_size_bytes: int | None
+    instances: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesVerdict:
+    state: SeriesState
+    reason: str | None
+
+
+def series_verdict(
+    expected: SeriesExpectation,
+    files_done: int,
+    bytes_done: int,
+    listed: int,
+    unfinished: Mapping[str, int],
+    instances_missing_from_listing: int = 0,
+) -> SeriesVerdict:
+    """Complete only when the verified files match the index exactly; otherwise say what
+    differs. ``unfinished`` counts objects by non-done state."""
+    problems: list[str] = []
+    wanted = len(expected.instances) if expected.instances is not None else expected.instance_count
+    if unfinished:
+        problems.append(
+            ", ".join(f"{count} {state}" for state, count in sorted(unfinished.items()))
+        )
+    if instances_missing_from_listing:
+        problems.append(f"{instances_missing_from_listing} selected instances not in the bucket")
+    if wanted is not None and files_done != wanted:
+        problems.append(f"{files_done} of {wanted} files verified")
+        if listed != wanted and expected.instances is None:
+            problems.append(f"listing has {listed} objects, index says {wanted}")
+    if (
+        expected.instances is None
+        and expected.series_size_bytes is not None
+        and bytes_done != expected.series_size_bytes
+    ):
+        difference = expected.series_size_bytes - bytes_done
+        problems.append(
+            f"{bytes_done} of {expected.series_size_bytes} bytes verified "
+            f"({'short' if difference > 0 else 'over'} by {abs(difference)})"
+        )
+    if problems:
+        return SeriesVerdict(SeriesState.INCOMPLETE, "; ".join(problems))
+    return SeriesVerdict(SeriesState.COMPLETE, None)

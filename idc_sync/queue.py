@@ -1,0 +1,518 @@
+"""The durable queue: one SQLite database (WAL) with a row per series and a row per object.
+
+This is the only module that speaks SQL. Claims are leases taken in one statement, so
+work held by a crashed run is picked up again; completions are written in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from idc_sync.errors import StateError
+from idc_sync.model import SeriesRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    crdc_series_uuid   TEXT PRIMARY KEY,
+    SeriesInstanceUID  TEXT NOT NULL,
+    collection_id      TEXT NOT NULL,
+    aws_bucket         TEXT NOT NULL,
+    license_short_name TEXT,
+    source_DOI         TEXT,
+    instance_count     INTEGER,           -- expected files; NULL for earlier-release versions
+    series_size_bytes  INTEGER,           -- expected bytes (series_size_MB * 1e6)
+    idc_version        INTEGER NOT NULL,  -- IDC release the row came from
+    root               TEXT NOT NULL,     -- mirror root chosen by license policy
+    rel_dir            TEXT NOT NULL,     -- rendered dir_template, relative to root
+    instances          TEXT,              -- JSON list when a manifest named single instances
+    selected           INTEGER NOT NULL DEFAULT 1,
+    state              TEXT NOT NULL,     -- see lifecycle.SeriesState
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    last_error         TEXT,
+    lease_owner        TEXT,
+    lease_expires      REAL,
+    files_done         INTEGER NOT NULL DEFAULT 0,
+    bytes_done         INTEGER NOT NULL DEFAULT 0,
+    updated_at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_by_state ON series (selected, state);
+CREATE INDEX IF NOT EXISTS series_by_collection ON series (collection_id);
+
+CREATE TABLE IF NOT EXISTS object (
+    key              TEXT PRIMARY KEY,    -- <crdc_series_uuid>/<crdc_instance_uuid>.dcm
+    crdc_series_uuid TEXT NOT NULL REFERENCES series (crdc_series_uuid),
+    size             INTEGER NOT NULL,
+    etag             TEXT NOT NULL,
+    path             TEXT UNIQUE,          -- two objects never share a local path; NULL if refused
+    state            TEXT NOT NULL,        -- see lifecycle.ObjectState
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    checksum_kind    TEXT,                 -- md5 | multipart-md5 | crc32c | size-only
+    checksum         TEXT,
+    fetched_at       REAL
+);
+CREATE INDEX IF NOT EXISTS object_by_series ON object (crdc_series_uuid, state);
+"""
+
+_SERIES_COLUMNS = (
+    "crdc_series_uuid, SeriesInstanceUID, collection_id, aws_bucket, license_short_name, "
+    "source_DOI, instance_count, series_size_bytes, idc_version, root, rel_dir, instances, "
+    "state, attempts, last_error"
+)
+_OBJECT_COLUMNS = "key, crdc_series_uuid, size, etag, path, state, attempts, last_error"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPlacement:
+    """A selected series and where its files go."""
+
+    record: SeriesRecord
+    root: Path
+    rel_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    """A series as the queue holds it."""
+
+    crdc_series_uuid: str
+    SeriesInstanceUID: str
+    collection_id: str
+    aws_bucket: str
+    license_short_name: str | None
+    source_DOI: str | None
+    instance_count: int | None
+    series_size_bytes: int | None
+    idc_version: int
+    root: Path
+    rel_dir: str
+    instances: frozenset[str] | None
+    state: str
+    attempts: int
+    last_error: str | None
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.rel_dir
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """An object found by listing a series, and what we know of its local copy."""
+
+    key: str
+    crdc_series_uuid: str
+    size: int
+    etag: str
+    path: Path
+    state: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectResult:
+    """The outcome of one object, written with others in one transaction."""
+
+    key: str
+    state: str
+    attempts: int
+    last_error: str | None = None
+    checksum_kind: str | None = None
+    checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesTally:
+    files_done: int
+    bytes_done: int
+    listed: int
+    by_state: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStatus:
+    collection_id: str
+    series_total: int
+    series_complete: int
+    files_expected: int
+    files_done: int
+    bytes_expected: int
+    bytes_done: int
+    files_failed: int
+    files_quarantined: int
+    series_failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing that is not verified, and why."""
+
+    collection_id: str
+    crdc_series_uuid: str
+    key: str | None
+    state: str
+    reason: str | None
+
+
+def _series_row(row: sqlite3.Row | tuple[Any, ...]) -> SeriesRow:
+    (
+        uuid,
+        uid,
+        collection,
+        bucket,
+        license_name,
+        doi,
+        count,
+        size,
+        version,
+        root,
+        rel_dir,
+        instances,
+        state,
+        attempts,
+        last_error,
+    ) = tuple(row)
+    return SeriesRow(
+        crdc_series_uuid=uuid, SeriesInstanceUID=uid, collection_id=collection,
+        aws_bucket=bucket, license_short_name=license_name, source_DOI=doi,
+        instance_count=count, series_size_bytes=size, idc_version=version, root=Path(root),
+        rel_dir=rel_dir, instances=frozenset(json.loads(instances)) if instances else None,
+        state=state, attempts=attempts, last_error=last_error,
+    )  # fmt: skip
+
+
+def _object_row(row: sqlite3.Row | tuple[Any, ...]) -> ObjectRow:
+    key, uuid, size, etag, path, state, attempts, last_error = tuple(row)
+    return ObjectRow(key, uuid, size, etag, Path(path), state, attempts, last_error)
+
+
+class Queue:
+    """The SQLite queue of one state directory."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        # One connection serves every coroutine: writes take turns, each in its own
+        # transaction, or one coroutine's statements would land in another's.
+        self._write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @classmethod
+    async def open(cls, path: Path, *, create: bool = True) -> Queue:
+        if not create and not path.exists():  # noqa: ASYNC240 - one stat before opening
+            raise StateError(f"no idc-sync state at {path}")
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StateError(f"cannot open state database {path}: {error}") from None
+        queue = cls(db, path)
+        try:
+            await queue._prepare(create)
+        except sqlite3.DatabaseError as error:
+            await db.close()
+            raise StateError(
+                f"state database {path} is unreadable ({error}); it is not an idc-sync "
+                "state file or it is corrupted. No mirrored file was touched."
+            ) from None
+        except BaseException:
+            await db.close()
+            raise
+        return queue
+
+    async def _prepare(self, create: bool) -> None:
+        db = self._db
+        await db.execute("PRAGMA busy_timeout = 10000")
+        cursor = await db.execute("PRAGMA user_version")
+        row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state database {self.path} has schema version {version}, newer than this "
+                f"idc-sync understands ({SCHEMA_VERSION}); upgrade idc-sync"
+            )
+        await db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL may lose the last commits on power loss, never consistency; a lost
+        # "done" only means the file is re-verified (not fetched) on the next run.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        if version < SCHEMA_VERSION:
+            if not create and version == 0:
+                raise StateError(f"{self.path} is not an idc-sync state database")
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- planning ---------------------------------------------------------------------
+
+    async def begin_plan(self) -> None:
+        """Forget which series were selected; the new plan marks its own."""
+        async with self._transaction():
+            await self._db.execute("UPDATE series SET selected = 0 WHERE selected = 1")
+
+    async def enqueue(self, placements: Sequence[SeriesPlacement]) -> int:
+        """Insert new series as queued and mark known ones selected; returns how many were new.
+
+        Running the same selection twice changes nothing: a known series keeps its state."""
+        now = time.time()
+        rows = [
+            (
+                p.record.crdc_series_uuid, p.record.SeriesInstanceUID, p.record.collection_id,
+                p.record.aws_bucket, p.record.license_short_name, p.record.source_DOI,
+                p.record.instance_count, p.record.series_size_bytes, p.record.idc_version,
+                str(p.root), p.rel_dir,
+                json.dumps(sorted(p.record.instances)) if p.record.instances is not None else None,
+                now,
+            )
+            for p in placements
+        ]  # fmt: skip
+        db = self._db
+        async with self._transaction():
+            before = db.total_changes
+            await db.executemany(
+                "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, collection_id, "
+                "aws_bucket, license_short_name, source_DOI, instance_count, series_size_bytes, "
+                "idc_version, root, rel_dir, instances, state, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?) "
+                "ON CONFLICT (crdc_series_uuid) DO NOTHING",
+                rows,
+            )
+            inserted = db.total_changes - before
+            await db.executemany(
+                "UPDATE series SET selected = 1, aws_bucket = ?, instances = ? "
+                "WHERE crdc_series_uuid = ? AND (selected = 0 OR aws_bucket != ? "
+                "OR instances IS NOT ?)",
+                [(r[3], r[11], r[0], r[3], r[11]) for r in rows],
+            )
+        return inserted
+
+    async def requeue_unfinished(self) -> None:
+        """Give every selected, unfinished series another go in this run.
+
+        Objects that failed for transient reasons are retried; quarantined and refused
+        objects stay as they are until an operator asks for them again."""
+        db = self._db
+        async with self._transaction():
+            await db.execute(
+                "UPDATE series SET state = 'queued', lease_owner = NULL, lease_expires = NULL "
+                "WHERE selected = 1 AND state IN ('leased', 'incomplete', 'failed')"
+            )
+            await db.execute(
+                "UPDATE object SET state = 'pending' WHERE state = 'failed' AND crdc_series_uuid "
+                "IN (SELECT crdc_series_uuid FROM series WHERE selected = 1 AND state = 'queued')"
+            )
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim_series(
+        self, owner: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[SeriesRow]:
+        """Lease up to ``limit`` queued series (or series whose lease has expired)."""
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        async with self._transaction():
+            cursor = await self._db.execute(
+                "UPDATE series SET state = 'leased', lease_owner = ?, lease_expires = ?, "
+                "attempts = attempts + 1, updated_at = ? "
+                "WHERE crdc_series_uuid IN (SELECT crdc_series_uuid FROM series "
+                "  WHERE selected = 1 "
+                "  AND (state = 'queued' OR (state = 'leased' AND lease_expires < ?)) "
+                "  ORDER BY collection_id, crdc_series_uuid LIMIT ?) "
+                f"RETURNING {_SERIES_COLUMNS}",
+                (owner, now + lease_seconds, now, now, limit),
+            )
+            rows = await cursor.fetchall()
+        return [_series_row(row) for row in rows]
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE series SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased'",
+                (time.time() + lease_seconds, owner),
+            )
+
+    # -- objects ----------------------------------------------------------------------
+
+    async def record_listing(self, objects: Sequence[ObjectRow]) -> list[tuple[ObjectRow, str]]:
+        """Store what a listing found. Known keys keep their state; a changed size or ETag
+        of an unfinished object is updated. Returns objects whose local path is already
+        taken by another key (collisions), which are never written."""
+        collisions: list[tuple[ObjectRow, str]] = []
+        db = self._db
+        async with self._transaction():
+            for obj in objects:
+                try:
+                    await db.execute(
+                        "INSERT INTO object (key, crdc_series_uuid, size, etag, path, state) "
+                        "VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT (key) DO UPDATE SET "
+                        "size = excluded.size, etag = excluded.etag "
+                        "WHERE object.state != 'done' AND "
+                        "(object.size != excluded.size OR object.etag != excluded.etag)",
+                        (obj.key, obj.crdc_series_uuid, obj.size, obj.etag, str(obj.path)),
+                    )
+                except sqlite3.IntegrityError:
+                    cursor = await db.execute(
+                        "SELECT key FROM object WHERE path = ?", (str(obj.path),)
+                    )
+                    other = await cursor.fetchone()
+                    collisions.append((obj, str(other[0]) if other else "another object"))
+        return collisions
+
+    async def objects_to_fetch(
+        self, crdc_series_uuid: str, after_key: str = "", limit: int = 1000
+    ) -> list[ObjectRow]:
+        """One page of a series' objects that are not yet done (pending or failed)."""
+        cursor = await self._db.execute(
+            f"SELECT {_OBJECT_COLUMNS} FROM object WHERE crdc_series_uuid = ? "
+            "AND state IN ('pending', 'failed') AND key > ? ORDER BY key LIMIT ?",
+            (crdc_series_uuid, after_key, limit),
+        )
+        return [_object_row(row) for row in await cursor.fetchall()]
+
+    async def record_results(self, results: Iterable[ObjectResult]) -> None:
+        """Write a batch of object outcomes in one transaction."""
+        now = time.time()
+        rows = [
+            (r.state, r.attempts, r.last_error, r.checksum_kind, r.checksum,
+             now if r.state == "done" else None, r.key)
+            for r in results
+        ]  # fmt: skip
+        if not rows:
+            return
+        db = self._db
+        async with self._transaction():
+            await db.executemany(
+                "UPDATE object SET state = ?, attempts = ?, last_error = ?, checksum_kind = ?, "
+                "checksum = ?, fetched_at = COALESCE(?, fetched_at) WHERE key = ?",
+                rows,
+            )
+
+    async def refuse_object(self, obj: ObjectRow, reason: str) -> None:
+        """Record an object we will not write (bad key, path collision), with its reason."""
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT INTO object (key, crdc_series_uuid, size, etag, path, state, last_error) "
+                "VALUES (?, ?, ?, ?, NULL, 'refused', ?) ON CONFLICT (key) DO UPDATE SET "
+                "state = 'refused', last_error = excluded.last_error",
+                (obj.key, obj.crdc_series_uuid, obj.size, obj.etag, reason),
+            )
+
+    async def tally(self, crdc_series_uuid: str) -> SeriesTally:
+        cursor = await self._db.execute(
+            "SELECT state, COUNT(*), SUM(size) FROM object WHERE crdc_series_uuid = ? "
+            "GROUP BY state",
+            (crdc_series_uuid,),
+        )
+        by_state: dict[str, int] = {}
+        files_done = bytes_done = 0
+        for state, count, size in await cursor.fetchall():
+            by_state[state] = int(count)
+            if state == "done":
+                files_done, bytes_done = int(count), int(size or 0)
+        listed = sum(count for state, count in by_state.items() if state != "refused")
+        return SeriesTally(files_done, bytes_done, listed, by_state)
+
+    async def finish_series(
+        self, crdc_series_uuid: str, state: str, tally: SeriesTally, last_error: str | None
+    ) -> None:
+        async with self._transaction():
+            await self._db.execute(
+            "UPDATE series SET state = ?, last_error = ?, files_done = ?, bytes_done = ?, "
+            "lease_owner = NULL, lease_expires = NULL, updated_at = ? WHERE crdc_series_uuid = ?",
+            (state, last_error, tally.files_done, tally.bytes_done, time.time(),
+             crdc_series_uuid),
+        )  # fmt: skip
+
+    # -- reporting --------------------------------------------------------------------
+
+    async def done_bytes_of(self, crdc_series_uuids: Sequence[str]) -> tuple[int, int]:
+        """Files and bytes already verified for the given series (for `plan`)."""
+        files = size = 0
+        for start in range(0, len(crdc_series_uuids), 500):
+            chunk = crdc_series_uuids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cursor = await self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM object WHERE state = 'done' "
+                f"AND crdc_series_uuid IN ({marks})",
+                chunk,
+            )
+            row = await cursor.fetchone()
+            if row:
+                files += int(row[0])
+                size += int(row[1])
+        return files, size
+
+    async def status_by_collection(self) -> list[CollectionStatus]:
+        cursor = await self._db.execute(
+            "SELECT s.collection_id, COUNT(*), SUM(s.state = 'complete'), "
+            "COALESCE(SUM(s.instance_count), 0), COALESCE(SUM(s.series_size_bytes), 0), "
+            "SUM(s.state = 'failed'), "
+            "COALESCE(SUM(o.files_done), 0), COALESCE(SUM(o.bytes_done), 0), "
+            "COALESCE(SUM(o.failed), 0), COALESCE(SUM(o.quarantined), 0) "
+            "FROM series AS s LEFT JOIN ("
+            "  SELECT crdc_series_uuid, SUM(state = 'done') AS files_done, "
+            "  SUM(CASE WHEN state = 'done' THEN size ELSE 0 END) AS bytes_done, "
+            "  SUM(state IN ('failed', 'refused')) AS failed, "
+            "  SUM(state = 'quarantined') AS quarantined "
+            "  FROM object GROUP BY crdc_series_uuid) AS o "
+            "ON o.crdc_series_uuid = s.crdc_series_uuid "
+            "WHERE s.selected = 1 GROUP BY s.collection_id ORDER BY s.collection_id"
+        )
+        return [
+            CollectionStatus(
+                collection_id=row[0], series_total=int(row[1]), series_complete=int(row[2]),
+                files_expected=int(row[3]), bytes_expected=int(row[4]),
+                series_failed=int(row[5]), files_done=int(row[6]), bytes_done=int(row[7]),
+                files_failed=int(row[8]), files_quarantined=int(row[9]),
+            )
+            for row in await cursor.fetchall()
+        ]  # fmt: skip
+
+    async def problems(self, limit: int = 50) -> list[Problem]:
+        """Selected series that are not complete, and objects that failed, with reasons."""
+        cursor = await self._db.execute(
+            "SELECT s.collection_id, s.crdc_series_uuid, o.key, o.state, o.last_error "
+            "FROM object AS o JOIN series AS s ON s.crdc_series_uuid = o.crdc_series_uuid "
+            "WHERE s.selected = 1 AND o.state IN ('failed', 'quarantined', 'refused') "
+            "UNION ALL "
+            "SELECT collection_id, crdc_series_uuid, NULL, state, last_error FROM series "
+            "WHERE selected = 1 AND state NOT IN ('complete') "
+            "LIMIT ?",
+            (limit,),
+        )
+        return [Problem(*row) for row in await cursor.fetchall()]
+
+    async def count_selected(self) -> int:
+        cursor = await self._db.execute("SELECT COUNT(*) FROM series WHERE selected = 1")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0

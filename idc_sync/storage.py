@@ -1,0 +1,112 @@
+"""The local file system side of a fetch: temp files next to their final name, fsync,
+atomic rename, directory fsync, and cleanup of temp files a killed run left behind.
+
+Everything here is blocking; callers run it in a worker thread."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from idc_sync.errors import LocalStorageError
+
+TEMP_PREFIX = ".idc-sync-"
+TEMP_SUFFIX = ".partial"
+
+# errno values that mean "the disk failed us", as opposed to a bug in our paths.
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def temp_path_for(final: Path) -> Path:
+    """A fresh temp name in the final file's directory, so the rename never crosses devices."""
+    return final.with_name(f"{TEMP_PREFIX}{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def local_error(error: OSError, what: str, path: Path) -> LocalStorageError | OSError:
+    """Turn disk-level failures into LocalStorageError; leave other OSErrors alone."""
+    if error.errno in _LOCAL_ERRNOS:
+        reason = os.strerror(error.errno) if error.errno is not None else str(error)
+        return LocalStorageError(f"{what} {path}: {reason}")
+    return error
+
+
+class TempFile:
+    """A temp file being filled with one object's bytes, written with positional writes."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = temp_path_for(final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        except OSError as error:
+            raise local_error(error, "cannot create", self.path) from error
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as error:
+            raise local_error(error, "cannot write", self.path) from error
+
+    def commit(self) -> None:
+        """fsync the data, then rename into place. The caller fsyncs the directory before
+        recording the file as done (several renames share one directory fsync)."""
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+        except OSError as error:
+            # After a failed fsync the page cache may hold bytes that never reach the disk:
+            # the only safe answer is to discard this copy and fetch again.
+            self.discard()
+            raise local_error(error, "cannot fsync", self.path) from error
+        os.close(self._fd)
+        self._fd = None
+        try:
+            self.path.replace(self.final)
+        except OSError as error:
+            self.discard()
+            raise local_error(error, "cannot rename into place", self.final) from error
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise local_error(error, "cannot fsync directory", directory) from error
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete temp files left in ``directory`` by a run that was killed; returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
