@@ -1,0 +1,192 @@
+"""Configuration: a TOML file, ``IDC_SYNC_*`` environment variables over it, command-line
+flags over both. Every mistake is reported by key and by where it came from."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from idc_sync.errors import ConfigurationError
+from idc_sync.layout import DEFAULT_TEMPLATE
+from idc_sync.model import Source
+from idc_sync.policy import LicensePolicy
+
+ENV_PREFIX = "IDC_SYNC_"
+
+
+class Endpoints(BaseModel):
+    """Where each cloud is reached; tests and private mirrors point these at a local server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aws: str = "https://s3.amazonaws.com"
+    gcs: str = "https://storage.googleapis.com"
+
+    @field_validator("aws", "gcs")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class Licenses(BaseModel):
+    """License policy: glob patterns over ``license_short_name``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    # pattern -> a separate mirror root, e.g. {"CC BY-NC*" = "/srv/idc-nc"}
+    destinations: dict[str, Path] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Every setting idc-sync reads; field names are the TOML keys."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    destination: Path | None = None
+    state_dir: Path | None = None
+    source: Source = "aws"
+    endpoints: Endpoints = Field(default_factory=Endpoints)
+    dir_template: str = DEFAULT_TEMPLATE
+
+    collections: list[str] = Field(default_factory=list)
+    series: list[str] = Field(default_factory=list)
+    sql: str | None = None
+    manifests: list[Path] = Field(default_factory=list)
+    strict: bool = False
+
+    licenses: Licenses = Field(default_factory=Licenses)
+
+    concurrency: int = Field(default=64, ge=1, le=1024)
+    series_concurrency: int = Field(default=8, ge=1, le=256)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_integrity_attempts: int = Field(default=3, ge=1, le=20)
+    lease_seconds: float = Field(default=600.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init kwargs) over environment over the TOML file; no .env, no secrets dir.
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def mirror_root(self) -> Path:
+        if self.destination is None:
+            raise ConfigurationError(
+                "destination is not set: give --destination DIR, "
+                f"'destination' in the config file or {ENV_PREFIX}DESTINATION"
+            )
+        return self.destination
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.mirror_root / ".idc-sync"
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints.aws if self.source == "aws" else self.endpoints.gcs
+
+    @property
+    def license_policy(self) -> LicensePolicy:
+        return LicensePolicy(
+            include=tuple(self.licenses.include),
+            exclude=tuple(self.licenses.exclude),
+            destinations=tuple(self.licenses.destinations.items()),
+        )
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Feeds the already-parsed TOML table (see ``load_settings``) to pydantic-settings."""
+
+    data: dict[str, Any] = {}  # noqa: RUF012 - replaced per load, read by __call__
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML config file, naming the file in every error."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(f"config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigurationError(f"config file {path} cannot be read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` are command-line values (None means "not given")."""
+    file_data = read_config_file(config_file) if config_file is not None else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    _TomlSource.data = file_data
+    try:
+        settings = Settings(**given)
+    except ValidationError as error:
+        raise ConfigurationError(_describe(error, config_file, file_data, given)) from None
+    finally:
+        _TomlSource.data = {}
+    if config_file is not None:
+        settings = _relative_to_file(settings, config_file)
+    return settings
+
+
+def _relative_to_file(settings: Settings, config_file: Path) -> Settings:
+    """Manifest paths in a config file are relative to that file, as users expect."""
+    base = config_file.resolve().parent
+    manifests = [path if path.is_absolute() else base / path for path in settings.manifests]
+    return settings.model_copy(update={"manifests": manifests})
+
+
+def _describe(
+    error: ValidationError,
+    config_file: Path | None,
+    file_data: dict[str, Any],
+    given: dict[str, Any],
+) -> str:
+    lines = []
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        key = ".".join(location) or "(top level)"
+        top = location[0] if location else ""
+        env_name = ENV_PREFIX + "__".join(location).upper()
+        if top in given:
+            origin = "from the command line"
+        elif env_name in os.environ or (ENV_PREFIX + top.upper()) in os.environ:
+            variable = env_name if env_name in os.environ else ENV_PREFIX + top.upper()
+            origin = f"from environment variable {variable}"
+        elif config_file is not None and top in file_data:
+            origin = f"in {config_file}"
+        else:
+            origin = f"in {config_file}" if config_file is not None else "in the settings"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"config error {origin}: {key}: {message}")
+    return "\n".join(lines)
