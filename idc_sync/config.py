@@ -143,7 +143,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; ``overrides`` are command-line values (None means "not given")."""
-    file_data = read_config_file(config_file) if config_file is not None else {}
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        file_data = _relative_to_file(read_config_file(config_file), config_file)
     given = {key: value for key, value in overrides.items() if value is not None}
     _TomlSource.data = file_data
     try:
@@ -152,16 +154,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigurationError(_describe(error, config_file, file_data, given)) from None
     finally:
         _TomlSource.data = {}
-    if config_file is not None:
-        settings = _relative_to_file(settings, config_file)
     return settings
 
 
-def _relative_to_file(settings: Settings, config_file: Path) -> Settings:
-    """Manifest paths in a config file are relative to that file, as users expect."""
+def _relative_to_file(file_data: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    """Manifest paths in a config file are relative to that file, as users expect; those
+    from flags or the environment stay relative to the working directory."""
+    manifests = file_data.get("manifests")
+    if not isinstance(manifests, list):
+        return file_data
     base = config_file.resolve().parent
-    manifests = [path if path.is_absolute() else base / path for path in settings.manifests]
-    return settings.model_copy(update={"manifests": manifests})
+    rebased = [str(base / path) if isinstance(path, str) else path for path in manifests]
+    return {**file_data, "manifests": rebased}
 
 
 def _describe(

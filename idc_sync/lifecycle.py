@@ -92,6 +92,9 @@ def series_verdict(
         problems.append(
             ", ".join(f"{count} {state}" for state, count in sorted(unfinished.items()))
         )
+    if wanted is None and listed == 0 and files_done == 0:
+        # no count to compare with, but no IDC series is empty: this is not "complete"
+        problems.append("the listing found no objects")
     if instances_missing_from_listing:
         problems.append(f"{instances_missing_from_listing} selected instances not in the bucket")
     if wanted is not None and files_done != wanted:
