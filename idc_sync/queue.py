@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS series (
     bytes_done         INTEGER NOT NULL DEFAULT 0,
     updated_at         REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS series_by_state ON series (selected, state);
+CREATE INDEX IF NOT EXISTS series_by_state ON series (selected, state, crdc_series_uuid);
 CREATE INDEX IF NOT EXISTS series_by_collection ON series (collection_id);
 
 CREATE TABLE IF NOT EXISTS object (
@@ -344,12 +344,17 @@ class Queue:
             cursor = await self._db.execute(
                 "UPDATE series SET state = 'leased', lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + 1, updated_at = ? "
-                "WHERE crdc_series_uuid IN (SELECT crdc_series_uuid FROM series "
-                "  WHERE selected = 1 "
-                "  AND (state = 'queued' OR (state = 'leased' AND lease_expires < ?)) "
-                "  ORDER BY collection_id, crdc_series_uuid LIMIT ?) "
+                # Two index range scans, no sort: claiming stays cheap with 600k rows queued.
+                "WHERE crdc_series_uuid IN ("
+                "  SELECT crdc_series_uuid FROM ("
+                "    SELECT crdc_series_uuid FROM series WHERE selected = 1 AND state = 'leased'"
+                "    AND lease_expires < ? LIMIT ?) "
+                "  UNION ALL SELECT crdc_series_uuid FROM ("
+                "    SELECT crdc_series_uuid FROM series WHERE selected = 1 AND state = 'queued'"
+                "    ORDER BY crdc_series_uuid LIMIT ?) "
+                "  LIMIT ?) "
                 f"RETURNING {_SERIES_COLUMNS}",
-                (owner, now + lease_seconds, now, now, limit),
+                (owner, now + lease_seconds, now, now, limit, limit, limit),
             )
             rows = await cursor.fetchall()
         return [_series_row(row) for row in rows]

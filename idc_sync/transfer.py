@@ -117,7 +117,7 @@ class NativeEngine:
             signature_version=UNSIGNED,
             s3={"addressing_style": addressing_style(self._endpoint)},
             # our retry policy decides; botocore's own retries would hide failures from it
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
             max_pool_connections=16,
