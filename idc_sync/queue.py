@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS series (
     bytes_done         INTEGER NOT NULL DEFAULT 0,
     updated_at         REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS series_by_state ON series (selected, state, crdc_series_uuid);
-CREATE INDEX IF NOT EXISTS series_by_collection ON series (collection_id);
+-- (selected, state) entries end in rowid, so claims walk plan order without a sort and
+-- a new plan's rows append at the end of this index instead of landing at random.
+CREATE INDEX IF NOT EXISTS series_by_state ON series (selected, state);
 
 CREATE TABLE IF NOT EXISTS object (
     key              TEXT PRIMARY KEY,    -- <crdc_series_uuid>/<crdc_instance_uuid>.dcm
@@ -257,6 +258,9 @@ class Queue:
         # "done" only means the file is re-verified (not fetched) on the next run.
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA foreign_keys = ON")
+        # Random UUID keys touch pages all over the B-trees; a 64 MB cache keeps a
+        # 600k-series plan from thrashing (the default is 2 MB).
+        await db.execute("PRAGMA cache_size = -65536")
         if version < SCHEMA_VERSION:
             if not create and version == 0:
                 raise StateError(f"{self.path} is not an idc-sync state database")
@@ -297,22 +301,23 @@ class Queue:
         ]  # fmt: skip
         db = self._db
         async with self._transaction():
-            before = db.total_changes
+            cursor = await db.execute("SELECT COUNT(*) FROM series")
+            before = (await cursor.fetchone() or (0,))[0]
+            # One statement per row: new series are queued; known ones keep their state and
+            # are marked selected, taking the bucket the current release names.
             await db.executemany(
                 "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, collection_id, "
                 "aws_bucket, license_short_name, source_DOI, instance_count, series_size_bytes, "
                 "idc_version, root, rel_dir, instances, state, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?) "
-                "ON CONFLICT (crdc_series_uuid) DO NOTHING",
+                "ON CONFLICT (crdc_series_uuid) DO UPDATE SET selected = 1, "
+                "aws_bucket = excluded.aws_bucket, instances = excluded.instances "
+                "WHERE series.selected = 0 OR series.aws_bucket != excluded.aws_bucket "
+                "OR series.instances IS NOT excluded.instances",
                 rows,
             )
-            inserted = db.total_changes - before
-            await db.executemany(
-                "UPDATE series SET selected = 1, aws_bucket = ?, instances = ? "
-                "WHERE crdc_series_uuid = ? AND (selected = 0 OR aws_bucket != ? "
-                "OR instances IS NOT ?)",
-                [(r[3], r[11], r[0], r[3], r[11]) for r in rows],
-            )
+            cursor = await db.execute("SELECT COUNT(*) FROM series")
+            inserted = int((await cursor.fetchone() or (0,))[0]) - int(before)
         return inserted
 
     async def requeue_unfinished(self) -> None:
@@ -351,7 +356,7 @@ class Queue:
                 "    AND lease_expires < ? LIMIT ?) "
                 "  UNION ALL SELECT crdc_series_uuid FROM ("
                 "    SELECT crdc_series_uuid FROM series WHERE selected = 1 AND state = 'queued'"
-                "    ORDER BY crdc_series_uuid LIMIT ?) "
+                "    ORDER BY rowid LIMIT ?) "
                 "  LIMIT ?) "
                 f"RETURNING {_SERIES_COLUMNS}",
                 (owner, now + lease_seconds, now, now, limit, limit, limit),

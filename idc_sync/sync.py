@@ -61,7 +61,7 @@ def resolved(settings: Settings) -> Iterator[tuple[Catalog, Resolution, Layout]]
             )
         layout = Layout(
             template=settings.dir_template,
-            known_columns=catalog.index_columns,
+            known_columns=frozenset(catalog.index_columns),
             default_root=settings.mirror_root,
             policy=settings.license_policy,
         )
