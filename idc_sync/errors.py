@@ -1,16 +1,16 @@
 """The one exception tree of idc-sync.
 
-    IdcSyncError
-    +-- ConfigurationError        bad config, manifest or selection: exit code 2, nothing touched
-    |   +-- ManifestError         a manifest line that cannot be read
-    |   +-- SelectionError        unknown collections / UIDs under --strict, bad SQL
-    +-- StateError                the SQLite state is unreadable, locked or from a newer schema
-    +-- UnsafePathError           a template value or object key that would escape the mirror root
-    +-- TransferError             one object (or listing) could not be fetched
-        +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
-        +-- IntegrityError        size or checksum mismatch
-        +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
-        +-- LocalStorageError     the local disk failed us (ENOSPC, EIO): stop, do not retry blindly
+IdcSyncError
++-- ConfigurationError        bad config, manifest or selection: exit code 2, nothing touched
+|   +-- ManifestError         a manifest line that cannot be read
+|   +-- SelectionError        unknown collections / UIDs under --strict, bad SQL
++-- StateError                the SQLite state is unreadable, locked or from a newer schema
++-- UnsafePathError           a template value or object key that would escape the mirror root
++-- TransferError             one object (or listing) could not be fetched
+    +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
+    +-- IntegrityError        size or checksum mismatch
+    +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
+    +-- LocalStorageError     the local disk failed us (ENOSPC, EIO): stop, do not retry blindly
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def _is_virtual(parts: SplitResult) -> bool:
 
 
 def addressing_style(endpoint: str) -> AddressingStyle:
-    """"virtual" for the real AWS S3 endpoints over https, "path" for everything else.
+    """ "virtual" for the real AWS S3 endpoints over https, "path" for everything else.
 
     GCS's XML API, moto, MinIO and other local servers only resolve path-style URLs.
     """

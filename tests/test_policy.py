@@ -36,9 +36,7 @@ def test_the_release_has_the_licenses_these_tests_rely_on(real_licenses: list[st
 
 def test_excluding_nc_removes_exactly_the_nc_licenses(real_licenses: list[str]) -> None:
     policy = LicensePolicy(exclude=("CC BY-NC*",))
-    refused = {
-        name for name in real_licenses if not policy.decide(name, DEFAULT_ROOT).admitted
-    }
+    refused = {name for name in real_licenses if not policy.decide(name, DEFAULT_ROOT).admitted}
     assert refused == {"CC BY-NC 3.0", "CC BY-NC 4.0"}
 
 
@@ -62,9 +60,7 @@ def test_destinations_route_nc_to_a_separate_root(real_licenses: list[str]) -> N
 
 
 def test_first_matching_destination_wins() -> None:
-    policy = LicensePolicy(
-        destinations=(("CC BY-NC 4.0", Path("/nc4")), ("CC BY-NC*", NC_ROOT))
-    )
+    policy = LicensePolicy(destinations=(("CC BY-NC 4.0", Path("/nc4")), ("CC BY-NC*", NC_ROOT)))
     assert policy.decide("CC BY-NC 4.0", DEFAULT_ROOT).root == Path("/nc4")
     assert policy.decide("CC BY-NC 3.0", DEFAULT_ROOT).root == NC_ROOT
 

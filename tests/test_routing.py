@@ -142,7 +142,9 @@ def test_object_url_on_gcs_is_path_style() -> None:
 
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9000", "http://127.0.0.1:9000/"])
 def test_object_url_on_a_local_server_tolerates_a_trailing_slash(endpoint: str) -> None:
-    assert object_url(endpoint, "idc-open-data", KEY) == f"http://127.0.0.1:9000/idc-open-data/{KEY}"
+    assert (
+        object_url(endpoint, "idc-open-data", KEY) == f"http://127.0.0.1:9000/idc-open-data/{KEY}"
+    )
 
 
 def test_object_url_keeps_an_endpoint_base_path() -> None:
@@ -198,7 +200,7 @@ def test_object_url_path_decodes_back_to_the_key(key: str) -> None:
         url = object_url(endpoint, "idc-open-data", key)
         path = urlsplit(url).path
         assert path.startswith(prefix)
-        assert unquote(path[len(prefix):]) == key
+        assert unquote(path[len(prefix) :]) == key
         # Nothing in the key may leak into the query, fragment or authority.
         assert "?" not in url
         assert "#" not in url
