@@ -184,6 +184,12 @@ class NativeEngine:
                     f"listing said {job.expected.size}"
                 )
             hasher = hashers_needed(job.expected, goog, job.part_size)
+            if job.expected.size <= SLICE_BYTES:
+                # Most IDC files are small: one thread hop creates, hashes and writes.
+                body = await response.read()
+                on_bytes(len(body))
+                temp = await asyncio.to_thread(_create_hash_and_write, job.final, hasher, body)
+                return Fetched(temp=temp, digests=hasher.digests(), goog=goog)
             temp = await asyncio.to_thread(TempFile, job.final)
             writing: asyncio.Future[None] | None = None
             try:
@@ -224,6 +230,16 @@ async def _read_slice(stream: aiohttp.StreamReader, size: int) -> bytes:
         parts.append(part)
         wanted -= len(part)
     return b"".join(parts)
+
+
+def _create_hash_and_write(final: Path, hasher: Any, body: bytes) -> TempFile:
+    temp = TempFile(final)
+    try:
+        _hash_and_write(temp, hasher, body, 0)
+    except BaseException:
+        temp.discard()
+        raise
+    return temp
 
 
 def _hash_and_write(temp: TempFile, hasher: Any, block: bytes, offset: int) -> None:
