@@ -17,6 +17,7 @@ class SeriesState(StrEnum):
     COMPLETE = "complete"  # every expected file verified, counts and bytes match the index
     INCOMPLETE = "incomplete"  # listed and worked, but something is missing (see last_error)
     FAILED = "failed"  # the series could not even be listed
+    RETIRED = "retired"  # left the selection or the release; its files moved out or kept
 
 
 class ObjectState(StrEnum):
@@ -25,10 +26,10 @@ class ObjectState(StrEnum):
     FAILED = "failed"  # transient failures used up this run's retry budget
     QUARANTINED = "quarantined"  # never matched its checksum; needs an operator
     REFUSED = "refused"  # unsafe key or colliding path; never written
+    RETIRED = "retired"  # its series was retired; the file left the live tree (or was kept)
 
 
 SERIES_TRANSITIONS: Mapping[SeriesState, frozenset[SeriesState]] = {
-    SeriesState.QUEUED: frozenset({SeriesState.LEASED}),
     # an expired lease is taken over by another worker: leased -> leased
     SeriesState.LEASED: frozenset(
         {
@@ -39,9 +40,12 @@ SERIES_TRANSITIONS: Mapping[SeriesState, frozenset[SeriesState]] = {
             SeriesState.QUEUED,
         }
     ),
-    SeriesState.COMPLETE: frozenset({SeriesState.QUEUED}),  # an operator's verify found damage
-    SeriesState.INCOMPLETE: frozenset({SeriesState.QUEUED}),
-    SeriesState.FAILED: frozenset({SeriesState.QUEUED}),
+    # complete -> queued: an operator's verify found damage
+    SeriesState.COMPLETE: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
+    SeriesState.INCOMPLETE: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
+    SeriesState.FAILED: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
+    SeriesState.QUEUED: frozenset({SeriesState.LEASED, SeriesState.RETIRED}),
+    SeriesState.RETIRED: frozenset({SeriesState.QUEUED}),  # selected again
 }
 
 OBJECT_TRANSITIONS: Mapping[ObjectState, frozenset[ObjectState]] = {
@@ -53,7 +57,8 @@ OBJECT_TRANSITIONS: Mapping[ObjectState, frozenset[ObjectState]] = {
     ),
     ObjectState.QUARANTINED: frozenset({ObjectState.PENDING}),
     ObjectState.REFUSED: frozenset({ObjectState.PENDING}),
-    ObjectState.DONE: frozenset({ObjectState.PENDING}),  # re-verification found it damaged
+    ObjectState.DONE: frozenset({ObjectState.PENDING, ObjectState.RETIRED}),  # or found damaged
+    ObjectState.RETIRED: frozenset({ObjectState.PENDING}),
 }
 
 

@@ -60,14 +60,16 @@ def test_a_series_is_judged_only_by_the_worker_that_leased_it() -> None:
     for state in judged:
         assert not can_move(SERIES_TRANSITIONS, SeriesState.QUEUED, state)
         assert can_move(SERIES_TRANSITIONS, SeriesState.LEASED, state)
-        # a judged series goes back to the queue before it is worked again
-        assert SERIES_TRANSITIONS[state] == frozenset({SeriesState.QUEUED})
+        # a judged series goes back to the queue before it is worked again, or is retired
+        assert SERIES_TRANSITIONS[state] == frozenset({SeriesState.QUEUED, SeriesState.RETIRED})
     # a crashed worker's expired lease is taken over directly
     assert can_move(SERIES_TRANSITIONS, SeriesState.LEASED, SeriesState.LEASED)
 
 
 def test_a_verified_object_is_never_quarantined_or_refused_directly() -> None:
-    assert OBJECT_TRANSITIONS[ObjectState.DONE] == frozenset({ObjectState.PENDING})
+    assert OBJECT_TRANSITIONS[ObjectState.DONE] == frozenset(
+        {ObjectState.PENDING, ObjectState.RETIRED}
+    )
     for state in (ObjectState.QUARANTINED, ObjectState.REFUSED, ObjectState.FAILED):
         assert not can_move(OBJECT_TRANSITIONS, ObjectState.DONE, state)
 
