@@ -1,19 +1,25 @@
-# idc-sync in a container: one verified pass over the selection, then exit with idc-sync's
-# exit code (0 complete, 1 something missing: run again, 2 bad configuration, 3 state
-# unusable). Run it from cron, a systemd timer or a Kubernetes CronJob:
+# idc-sync in a container, run as a service: `idc-sync serve` plans the selection, fetches
+# and verifies continuously, replans every replan_interval (default daily), serves
+# /healthz, /readyz, /status and /metrics on port 9760, and on `docker stop` (SIGTERM)
+# drains: files in flight get drain_seconds (default 60) to finish, so give the stop a
+# longer timeout (`docker stop -t 90`, compose `stop_grace_period: 90s`).
 #
 #   docker build -t idc-sync .
-#   docker run --rm -v /srv/idc:/data -v idc-sync-state:/state \
-#       -e IDC_SYNC_COLLECTIONS='["qin_pet_phantom"]' idc-sync
+#   docker run -d --name idc-sync -p 127.0.0.1:9760:9760 -v /srv/idc:/data \
+#       -v idc-sync-state:/state -e IDC_SYNC_COLLECTIONS='["qin_pet_phantom"]' idc-sync
+#   docker exec idc-sync idc-sync status
+#   docker kill --signal HUP idc-sync      # re-read the config and replan now
+#
+# One verified pass instead of a service (exit code 0 only when everything is verified):
 #   docker run --rm -v /srv/idc:/data -v idc-sync-state:/state -v "$PWD/config.toml:/config.toml:ro" \
 #       idc-sync sync --no-progress --config /config.toml
-#   docker run --rm -v /srv/idc:/data -v idc-sync-state:/state idc-sync status
 #
 # A bind-mounted /data must be writable by uid 10001 (chown 10001 /srv/idc), or run with
-# --user "$(id -u):$(id -g)". The image sets IDC_SYNC_DESTINATION=/data and
-# IDC_SYNC_STATE_DIR=/state, and environment variables override a config file: a
-# config's destination and state_dir are ignored here (mount /data and /state instead).
-# A root in licenses.destinations needs its own volume.
+# --user "$(id -u):$(id -g)". The image sets IDC_SYNC_DESTINATION=/data,
+# IDC_SYNC_STATE_DIR=/state and IDC_SYNC_HTTP__LISTEN=0.0.0.0:9760, and environment
+# variables override a config file: a config's destination, state_dir and http.listen are
+# ignored here (mount /data and /state instead; publish the port to choose who can reach
+# it). A root in licenses.destinations needs its own volume.
 
 # For reproducible builds, pin the digest too: python:3.11-slim-bookworm@sha256:...
 FROM python:3.11-slim-bookworm
@@ -53,17 +59,19 @@ USER 10001:10001
 WORKDIR /state
 ENV IDC_SYNC_DESTINATION=/data \
     IDC_SYNC_STATE_DIR=/state \
+    IDC_SYNC_HTTP__LISTEN=0.0.0.0:9760 \
     COLUMNS=160
 VOLUME ["/data", "/state"]
+# /healthz /readyz /status /metrics; the container's own network namespace, so 0.0.0.0
+# reaches only what `-p` publishes.
+EXPOSE 9760
 
-# `idc-sync --version` imports the whole CLI (click, rich, duckdb, aiohttp, aiobotocore,
-# pydantic-settings) before it answers, so it fails if the installed package or one of its
-# dependencies is broken. It deliberately says nothing about the mirror: `idc-sync status`
-# exits 1 whenever anything is still missing, which is the normal state while a sync is
-# running, so it would mark a working container unhealthy. The run's verdict is its exit
-# code; a health endpoint that knows about progress comes with `idc-sync serve`.
-HEALTHCHECK --interval=5m --timeout=30s --start-period=1m --retries=3 \
-    CMD ["idc-sync", "--version"]
+# `idc-sync health` asks the daemon's /healthz over loopback (slim images have no curl):
+# exit 0 when the event loop answers, 1 when nothing answers or it reports a failure. It
+# says nothing about completeness (files still missing are the normal state of a running
+# mirror); /status and /metrics do.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=1m --retries=3 \
+    CMD ["idc-sync", "health", "--timeout", "10"]
 
 ENTRYPOINT ["idc-sync"]
-CMD ["sync", "--no-progress"]
+CMD ["serve"]

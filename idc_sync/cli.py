@@ -13,6 +13,8 @@ import json
 import logging
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -35,9 +37,20 @@ from rich.table import Table
 from idc_sync import __version__
 from idc_sync.config import Settings, load_settings
 from idc_sync.errors import ConfigurationError, IdcSyncError, StateError
+from idc_sync.httpapi import url_of
+from idc_sync.logs import configure as configure_logging
 from idc_sync.mirror import ProgressSink
-from idc_sync.queue import CollectionStatus, Problem
-from idc_sync.sync import PlanReport, SyncReport, describe_unknown, plan, status, sync
+from idc_sync.operator import VerifyReport, retry_failed, verify
+from idc_sync.queue import CollectionStatus, Problem, RetryCounts
+from idc_sync.sync import (
+    PlanReport,
+    SyncReport,
+    citations,
+    describe_unknown,
+    plan,
+    status,
+    sync,
+)
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_STATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -48,20 +61,12 @@ log = logging.getLogger("idc_sync")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _setup_logging(level: str) -> None:
-    handler: logging.Handler
-    if stderr.is_terminal:
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler: logging.Handler | None = None
+    if log_format == "text" and stderr.is_terminal:
         handler = RichHandler(console=stderr, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("idc_sync")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    # botocore and aiohttp are chatty at INFO about things our own log already says
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    configure_logging(level, log_format, sys.stderr, handler)
 
 
 def settings_options(function: F) -> F:
@@ -88,6 +93,8 @@ def settings_options(function: F) -> F:
         click.option("--strict/--no-strict", default=None,
                      help="Fail when the selection names things the IDC release lacks."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--shard", help="K/N: only the series whose crdc_series_uuid hashes to K "
+                                     "of N (0 <= K < N); N hosts split one selection."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
@@ -137,7 +144,7 @@ def main() -> None:
 def sync_command(progress: bool | None, **flags: Any) -> None:
     """Fetch and verify everything selected; resumes where an earlier run stopped."""
     settings = _run_load(flags)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     show_bar = stderr.is_terminal if progress is None else progress
     with _ProgressDisplay(show_bar) as display:
         report: SyncReport = _run(lambda: sync(settings, display.sink))
@@ -151,7 +158,7 @@ def sync_command(progress: bool | None, **flags: Any) -> None:
 def plan_command(as_json: bool, **flags: Any) -> None:
     """Dry run: what the selection holds, what is already here, the disk space it needs."""
     settings = _run_load(flags)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     report: PlanReport = _run(lambda: plan(settings))
     if as_json:
         stdout.print_json(json.dumps(_plan_dict(report)))
@@ -168,8 +175,51 @@ def plan_command(as_json: bool, **flags: Any) -> None:
         enough = report.free_bytes >= report.bytes_to_fetch
         mark = "[green]enough[/]" if enough else "[bold red]NOT ENOUGH[/]"
         stdout.print(f"free disk:       {_size(report.free_bytes)} ({mark})")
+    if report.difference.collections:
+        _print_difference(report)
     if report.unknown:
         stderr.print(f"[yellow]not in this release:[/] {describe_unknown(report.unknown)}")
+
+
+def _print_difference(report: PlanReport) -> None:
+    """What a sync would change in the existing mirror, per collection."""
+    table = Table(title=f"difference to IDC release v{report.release}")
+    for name in ("collection", "added", "revised", "retired", "unchanged", "unfinished"):
+        table.add_column(name, justify="left" if name == "collection" else "right")
+    rows = sorted(report.difference.collections.items())
+    for collection, d in [*rows, ("total", report.difference.total)]:
+        table.add_row(
+            collection,
+            f"{d.added_series:,} ({_size(d.added_bytes)})",
+            f"{d.revised_series:,} ({_size(d.revised_bytes)})",
+            f"{d.retired_series:,} ({_size(d.retired_bytes)})",
+            f"{d.unchanged_series:,}",
+            f"{d.unfinished_series:,}",
+        )
+    stdout.print(table)
+
+
+@main.command("citations")
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--destination", type=click.Path(path_type=Path))
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def citations_command(as_json: bool, **flags: Any) -> None:
+    """The DOIs of what the mirror holds, per license: cite them when you publish."""
+    settings = _run_load(flags)
+    rows = _run(lambda: citations(settings))
+    if as_json:
+        stdout.print_json(json.dumps([
+            {"license_short_name": lic, "source_DOI": doi, "series": n} for lic, doi, n in rows
+        ]))  # fmt: skip
+        return
+    current = object()
+    for license_name, doi, count in rows:
+        if license_name != current:
+            stdout.print(f"[bold]{license_name or '(no license recorded)'}[/]")
+            current = license_name
+        link = f"https://doi.org/{doi}" if doi else "(no DOI recorded)"
+        stdout.print(f"  {link}  ({count:,} series)", highlight=False)
 
 
 @main.command("status")
@@ -178,20 +228,155 @@ def plan_command(as_json: bool, **flags: Any) -> None:
 @click.option("--state-dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(as_json: bool, **flags: Any) -> None:
-    """Per collection: series and files done, pending, failed, bytes (from the state)."""
+    """Per collection: series and files done, pending, failed, bytes (from the running
+    daemon's /status when it answers, else from the state)."""
     settings = _run_load(flags)
-    report = _run(lambda: status(settings))
+    live = _daemon_status(settings)
+    if live is not None:
+        collections, problems = _from_daemon(live)
+        state_db = str(settings.state_path / "state.sqlite")
+    else:
+        report = _run(lambda: status(settings))
+        collections, problems, state_db = report.collections, report.problems, str(report.state_db)
     if as_json:
         stdout.print_json(json.dumps({
-            "state": str(report.state_db),
-            "collections": [asdict(c) for c in report.collections],
-            "problems": [asdict(p) for p in report.problems],
+            "state": state_db,
+            "collections": [asdict(c) for c in collections],
+            "problems": [asdict(p) for p in problems],
+            **({"daemon": live} if live is not None else {}),
         }))  # fmt: skip
     else:
-        _print_collections(report.collections)
-        _print_problems(report.problems)
-    complete = all(c.series_complete == c.series_total for c in report.collections)
-    sys.exit(EXIT_OK if complete and not report.problems else EXIT_INCOMPLETE)
+        _print_collections(collections)
+        _print_problems(problems)
+        if live is not None:
+            _print_daemon(live)
+    complete = all(c.series_complete == c.series_total for c in collections)
+    sys.exit(EXIT_OK if complete and not problems else EXIT_INCOMPLETE)
+
+
+@main.command("verify")
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--destination", type=click.Path(path_type=Path))
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--sample", type=click.IntRange(min=1), help="Check N files chosen at random.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_command(sample: int | None, as_json: bool, **flags: Any) -> None:
+    """Re-hash verified files against their recorded checksums; missing, modified and
+    corrupt files are queued so the next sync fetches them again."""
+    settings = _run_load(flags)
+    report: VerifyReport = _run(lambda: verify(settings, sample))
+    if as_json:
+        stdout.print_json(json.dumps({
+            "checked": report.checked, "ok": report.ok, "size_only": report.size_only,
+            "unconfirmed": report.unconfirmed,
+            "missing": report.count("missing"), "modified": report.count("modified"),
+            "corrupt": report.count("corrupt"), "requeued": report.requeued,
+            "findings": [asdict(f) for f in report.findings],
+        }))  # fmt: skip
+    else:
+        for finding in report.findings[:100]:
+            stdout.print(f"[red]{finding.problem}[/] {finding.path}: {finding.detail}",
+                         highlight=False)  # fmt: skip
+        if len(report.findings) > 100:
+            stdout.print(f"... and {len(report.findings) - 100:,} more")
+        stdout.print(
+            f"checked {report.checked:,} files: {report.ok:,} intact, "
+            f"{report.size_only:,} checked by size only, {report.unconfirmed:,} to re-verify "
+            f"with the server, {report.count('missing'):,} missing, "
+            f"{report.count('modified'):,} modified, {report.count('corrupt'):,} corrupt"
+        )
+        if report.requeued:
+            stdout.print(f"queued {report.requeued:,} files to be fetched again by the next sync")
+    sys.exit(EXIT_OK if report.all_good else EXIT_INCOMPLETE)
+
+
+@main.command("retry-failed")
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--destination", type=click.Path(path_type=Path))
+@click.option("--state-dir", type=click.Path(path_type=Path))
+def retry_failed_command(**flags: Any) -> None:
+    """Put quarantined and failed files, and failed or incomplete series, back in the queue
+    for the next sync."""
+    settings = _run_load(flags)
+    counts: RetryCounts = _run(lambda: retry_failed(settings))
+    stdout.print(
+        f"queued again: {counts.objects_quarantined:,} quarantined and "
+        f"{counts.objects_failed:,} failed files, {counts.series:,} series; "
+        "run sync to fetch them"
+    )
+
+
+def _daemon_status(settings: Settings) -> dict[str, Any] | None:
+    """The /status of a daemon serving this state directory, or None when none answers."""
+    if not settings.http.listen:
+        return None
+    url = url_of(settings.http.listen, "/status")  # always http://host:port
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310
+            body = json.load(reply)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("state_dir") != str(settings.state_path):
+        return None  # some other daemon (or something else) on that port
+    return body
+
+
+def _from_daemon(body: dict[str, Any]) -> tuple[list[CollectionStatus], list[Problem]]:
+    names = CollectionStatus.__dataclass_fields__
+    collections = [CollectionStatus(**{k: c[k] for k in names}) for c in body["collections"]]
+    problems = [Problem(**p) for p in body["problems"]]
+    return collections, problems
+
+
+def _print_daemon(body: dict[str, Any]) -> None:
+    rate = float(body.get("rate_bytes_per_second") or 0)
+    eta = body.get("eta_seconds")
+    eta_text = f", ETA {eta / 3600:,.1f} h" if eta is not None else ""
+    stdout.print(
+        f"daemon pid {body['pid']}: {body['phase']}, IDC release v{body['idc_release']}, "
+        f"{_size(int(rate))}/s{eta_text}",
+        highlight=False,
+    )
+
+
+@main.command("serve")
+@settings_options
+def serve_command(**flags: Any) -> None:
+    """Run as a service: plan, fetch continuously, replan every replan_interval and on
+    SIGHUP, serve /healthz /readyz /status /metrics on http.listen; SIGTERM drains."""
+    from idc_sync.service import Daemon  # prometheus-client and the loop only when serving
+
+    settings = _run_load(flags)
+    _setup_logging(settings.log_level, settings.log_format)
+    code: int = _run(lambda: Daemon(settings, reload=lambda: _load(**flags)).run())
+    sys.exit(code)
+
+
+@main.command("health")
+@click.option("--config", "config_file", type=click.Path(path_type=Path))
+@click.option("--listen", help="host:port of the daemon (default: http.listen of the config).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+def health_command(config_file: Path | None, listen: str | None, timeout: float) -> None:
+    """Exit 0 if the daemon answers /healthz, 1 if not (for container health checks)."""
+    address = listen if listen is not None else _run_load({"config_file": config_file}).http.listen
+    if not address:
+        stderr.print("[bold red]error:[/] http.listen is empty: the daemon serves no HTTP")
+        sys.exit(EXIT_CONFIG)
+    try:
+        url = url_of(address, "/healthz")
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 - http only
+            healthy = reply.status == 200
+    except ConfigurationError as error:
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(EXIT_CONFIG)
+    except urllib.error.HTTPError as error:
+        stderr.print(f"unhealthy: {url} answered {error.code}")
+        sys.exit(EXIT_INCOMPLETE)
+    except OSError as error:
+        stderr.print(f"unhealthy: no answer from {url}: {error}")
+        sys.exit(EXIT_INCOMPLETE)
+    stdout.print("healthy" if healthy else "unhealthy")
+    sys.exit(EXIT_OK if healthy else EXIT_INCOMPLETE)
 
 
 def _run_load(flags: dict[str, Any]) -> Settings:
@@ -228,6 +413,7 @@ def _plan_dict(report: PlanReport) -> dict[str, Any]:
         "bytes_to_fetch": report.bytes_to_fetch,
         "free_bytes": report.free_bytes,
         "unknown": [asdict(u) for u in report.unknown],
+        "difference": {c: asdict(d) for c, d in report.difference.collections.items()},
     }
 
 

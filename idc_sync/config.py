@@ -16,6 +16,7 @@ from idc_sync.errors import ConfigurationError
 from idc_sync.layout import DEFAULT_TEMPLATE
 from idc_sync.model import Source
 from idc_sync.policy import LicensePolicy
+from idc_sync.shard import Shard
 
 ENV_PREFIX = "IDC_SYNC_"
 
@@ -47,6 +48,24 @@ class Licenses(BaseModel):
     destinations: dict[str, Path] = Field(default_factory=dict)
 
 
+class HttpSettings(BaseModel):
+    """The daemon's status and metrics server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # host:port; "" turns the server off. Loopback by default: /status tells whoever can
+    # reach it what the mirror holds.
+    listen: str = "127.0.0.1:9760"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.strip().rpartition(":")
+        if value.strip() and (not sep or not host or not port.isdigit() or int(port) > 65535):
+            raise ValueError(f"listen must be host:port (e.g. 127.0.0.1:9760) or empty: {value!r}")
+        return value.strip()
+
+
 class Settings(BaseSettings):
     """Every setting idc-sync reads; field names are the TOML keys."""
 
@@ -76,7 +95,26 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_integrity_attempts: int = Field(default=3, ge=1, le=20)
     lease_seconds: float = Field(default=600.0, gt=0)
+    # series that leave the selection or the IDC release: move (default), keep or delete
+    retired: Literal["move", "keep", "delete"] = "move"
+    retired_dir: Path | None = None
+    # one CSV row per verified file: where it came from and how it was verified
+    provenance_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    # The daemon (`idc-sync serve`): replan every replan_interval seconds (and on SIGHUP);
+    # on SIGTERM let in-flight files finish for up to drain_seconds.
+    replan_interval: float = Field(default=86400.0, gt=0)
+    drain_seconds: float = Field(default=60.0, ge=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    # "K/N": mirror only the series whose crdc_series_uuid hashes to K of N (see shard.py)
+    shard: str | None = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_spec(cls, value: str | None) -> str | None:
+        return None if value is None else str(Shard.parse(value))
 
     @classmethod
     def settings_customise_sources(
@@ -104,8 +142,22 @@ class Settings(BaseSettings):
         return self.state_dir if self.state_dir is not None else self.mirror_root / ".idc-sync"
 
     @property
+    def retired_path(self) -> Path:
+        return self.retired_dir if self.retired_dir is not None else self.state_path / "retired"
+
+    @property
+    def provenance_path(self) -> Path:
+        if self.provenance_file is not None:
+            return self.provenance_file
+        return self.state_path / "provenance.csv"
+
+    @property
     def endpoint(self) -> str:
         return self.endpoints.aws if self.source == "aws" else self.endpoints.gcs
+
+    @property
+    def series_shard(self) -> Shard | None:
+        return None if self.shard is None else Shard.parse(self.shard)
 
     @property
     def license_policy(self) -> LicensePolicy:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ from idc_sync.errors import (
     IntegrityError,
     LocalStorageError,
     PermanentError,
+    RetryableError,
     UnsafePathError,
 )
 from idc_sync.layout import instance_file_name, parse_object_key, resolve_inside
@@ -49,6 +51,22 @@ class NoProgress:
         pass
 
     def file_finished(self, size: int, *, fetched: bool, ok: bool) -> None:
+        pass
+
+
+class FailureObserver(Protocol):
+    """Told of every failed attempt and every retry (metrics.Metrics counts them)."""
+
+    def attempt_failed(self, failure: FailureClass) -> None: ...
+
+    def retrying(self, failure: FailureClass) -> None: ...
+
+
+class NoObserver:
+    def attempt_failed(self, failure: FailureClass) -> None:
+        pass
+
+    def retrying(self, failure: FailureClass) -> None:
         pass
 
 
@@ -129,8 +147,10 @@ class Mirror:
         options: MirrorOptions,
         progress: ProgressSink | None = None,
         rng: random.Random | None = None,
+        observer: FailureObserver | None = None,
     ) -> None:
         self._queue = queue
+        self._observer = observer or NoObserver()
         self._engine = engine
         self._options = options
         self._progress = progress or NoProgress()
@@ -147,6 +167,13 @@ class Mirror:
         if self._stop_reason is None:
             self._stop_reason = reason
             log.error("stopping: %s", reason)
+
+    def drain(self, reason: str) -> None:
+        """Like stop(), for a planned shutdown: claim no more series or objects; in-flight
+        objects finish (the caller bounds how long) and unfinished series stay queued."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("draining: %s", reason)
 
     async def run(self) -> RunSummary:
         recorder = asyncio.create_task(self._recorder.run())
@@ -270,9 +297,11 @@ class Mirror:
                 break
             except Exception as error:
                 failure = classify_exception(error)
+                self._observer.attempt_failed(failure)
                 if failure is FailureClass.LOCAL:
                     raise
                 policy = policy.increment(failure, str(error))  # raises RetryExhausted
+                self._observer.retrying(failure)
                 await asyncio.sleep(policy.backoff(self._rng))
 
         objects: list[ObjectRow] = []
@@ -327,6 +356,7 @@ class Mirror:
                 raise
             except Exception as error:
                 failure = classify_exception(error)
+                self._observer.attempt_failed(failure)
                 if failure is FailureClass.LOCAL:
                     # our disk, not the object: keep it pending for when space returns
                     self.stop(str(error))
@@ -348,6 +378,7 @@ class Mirror:
                     self._progress.file_finished(obj.size, fetched=False, ok=False)
                     return
                 log.info("%s: %s; retrying", obj.key, error)
+                self._observer.retrying(failure)
                 await asyncio.sleep(policy.backoff(self._rng))
 
     async def _reverify(
@@ -384,7 +415,14 @@ class Mirror:
         if not result.ok:
             await asyncio.to_thread(fetched.temp.discard)
             raise IntegrityError(result.reason or "checksum mismatch")
-        await asyncio.to_thread(fetched.temp.commit)
+        try:
+            await asyncio.to_thread(fetched.temp.commit)
+        except LocalStorageError as error:
+            if getattr(error.__cause__, "errno", None) != errno.EIO:
+                raise
+            # commit() already discarded the copy whose fsync failed: one bad write is not
+            # a full disk, so fetch this file again instead of stopping the run.
+            raise RetryableError(f"{error}; fetching the file again") from error
         if result.kind == "size-only":
             self.summary.files_size_only += 1
             log.warning("%s: no checksum available, verified by size only", obj.key)

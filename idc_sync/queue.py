@@ -311,7 +311,9 @@ class Queue:
                 "idc_version, root, rel_dir, instances, state, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?) "
                 "ON CONFLICT (crdc_series_uuid) DO UPDATE SET selected = 1, "
-                "aws_bucket = excluded.aws_bucket, instances = excluded.instances "
+                "aws_bucket = excluded.aws_bucket, instances = excluded.instances, "
+                # selected again after it was retired: fetch (or re-adopt) it anew
+                "state = CASE WHEN series.state = 'retired' THEN 'queued' ELSE series.state END "
                 "WHERE series.selected = 0 OR series.aws_bucket != excluded.aws_bucket "
                 "OR series.instances IS NOT excluded.instances",
                 rows,
@@ -385,9 +387,13 @@ class Queue:
                     await db.execute(
                         "INSERT INTO object (key, crdc_series_uuid, size, etag, path, state) "
                         "VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT (key) DO UPDATE SET "
-                        "size = excluded.size, etag = excluded.etag "
-                        "WHERE object.state != 'done' AND "
-                        "(object.size != excluded.size OR object.etag != excluded.etag)",
+                        "size = excluded.size, etag = excluded.etag, path = excluded.path, "
+                        "crdc_series_uuid = excluded.crdc_series_uuid, "
+                        "state = 'pending' WHERE object.state = 'retired' OR "
+                        # the key's own series takes back a row another listing refused
+                        "object.crdc_series_uuid != excluded.crdc_series_uuid OR "
+                        "(object.state != 'done' AND "
+                        "(object.size != excluded.size OR object.etag != excluded.etag))",
                         (obj.key, obj.crdc_series_uuid, obj.size, obj.etag, str(obj.path)),
                     )
                 except sqlite3.IntegrityError:
@@ -433,7 +439,9 @@ class Queue:
             await self._db.execute(
                 "INSERT INTO object (key, crdc_series_uuid, size, etag, path, state, last_error) "
                 "VALUES (?, ?, ?, ?, NULL, 'refused', ?) ON CONFLICT (key) DO UPDATE SET "
-                "state = 'refused', last_error = excluded.last_error",
+                "state = 'refused', last_error = excluded.last_error "
+                # a listing naming another series' key must not touch that series' object
+                "WHERE object.crdc_series_uuid = excluded.crdc_series_uuid",
                 (obj.key, obj.crdc_series_uuid, obj.size, obj.etag, reason),
             )
 
@@ -526,3 +534,199 @@ class Queue:
         cursor = await self._db.execute("SELECT COUNT(*) FROM series WHERE selected = 1")
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    # -- following releases (retirement, plan differences) ----------------------------
+
+    async def series_to_retire(self, after: str = "", limit: int = 500) -> list[SeriesRow]:
+        """Series the last plan did not select (removed from the release, revised into a new
+        crdc_series_uuid, or left the selection) that are not retired yet."""
+        cursor = await self._db.execute(
+            f"SELECT {_SERIES_COLUMNS} FROM series WHERE selected = 0 AND state != 'retired' "
+            "AND crdc_series_uuid > ? ORDER BY crdc_series_uuid LIMIT ?",
+            (after, limit),
+        )
+        return [_series_row(row) for row in await cursor.fetchall()]
+
+    async def replacement_pending(self, series_instance_uid: str) -> bool:
+        """True while a selected version of this SeriesInstanceUID is not yet complete: the
+        old version's files stay until their replacement is verified."""
+        cursor = await self._db.execute(
+            "SELECT 1 FROM series WHERE SeriesInstanceUID = ? AND selected = 1 "
+            "AND state != 'complete' LIMIT 1",
+            (series_instance_uid,),
+        )
+        return await cursor.fetchone() is not None
+
+    async def done_paths(self, crdc_series_uuid: str) -> list[tuple[str, Path]]:
+        cursor = await self._db.execute(
+            "SELECT key, path FROM object WHERE crdc_series_uuid = ? AND state = 'done' "
+            "AND path IS NOT NULL ORDER BY key",
+            (crdc_series_uuid,),
+        )
+        return [(str(key), Path(path)) for key, path in await cursor.fetchall()]
+
+    async def mark_retired(self, crdc_series_uuid: str, note: str) -> None:
+        """The series and its objects leave the live mirror. Object paths are released so a
+        later series may use them; the note says where the files went."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE object SET state = 'retired', path = NULL, last_error = ? "
+                "WHERE crdc_series_uuid = ?",
+                (note, crdc_series_uuid),
+            )
+            await self._db.execute(
+                "UPDATE series SET state = 'retired', last_error = ?, lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE crdc_series_uuid = ?",
+                (note, time.time(), crdc_series_uuid),
+            )
+
+    async def known_series(self, crdc_series_uuids: Sequence[str]) -> dict[str, SeriesRow]:
+        """The queue's rows for these series, for planning a difference."""
+        known: dict[str, SeriesRow] = {}
+        for start in range(0, len(crdc_series_uuids), 500):
+            chunk = crdc_series_uuids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cursor = await self._db.execute(
+                f"SELECT {_SERIES_COLUMNS} FROM series WHERE crdc_series_uuid IN ({marks})",
+                chunk,
+            )
+            for row in await cursor.fetchall():
+                known[str(row[0])] = _series_row(row)
+        return known
+
+    async def live_uids(self, series_instance_uids: Sequence[str]) -> set[str]:
+        """Which of these SeriesInstanceUIDs the mirror already holds under another version."""
+        found: set[str] = set()
+        for start in range(0, len(series_instance_uids), 500):
+            chunk = series_instance_uids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cursor = await self._db.execute(
+                f"SELECT DISTINCT SeriesInstanceUID FROM series WHERE state != 'retired' "
+                f"AND SeriesInstanceUID IN ({marks})",
+                chunk,
+            )
+            found.update(str(row[0]) for row in await cursor.fetchall())
+        return found
+
+    async def provenance(self, after: str = "", limit: int = 5000) -> list[tuple[Any, ...]]:
+        """One page of verified files with what the index says of their series, for the
+        provenance manifest (columns as PROVENANCE_COLUMNS)."""
+        cursor = await self._db.execute(
+            "SELECT o.path, o.crdc_series_uuid, o.key, s.SeriesInstanceUID, s.collection_id, "
+            "s.license_short_name, s.source_DOI, o.size, o.checksum, o.checksum_kind, "
+            "s.idc_version, o.fetched_at FROM object AS o JOIN series AS s "
+            "ON s.crdc_series_uuid = o.crdc_series_uuid "
+            "WHERE o.state = 'done' AND o.key > ? ORDER BY o.key LIMIT ?",
+            (after, limit),
+        )
+        return [tuple(row) for row in await cursor.fetchall()]
+
+    async def citations(self) -> list[tuple[str | None, str | None, int]]:
+        """(license_short_name, source_DOI, series) over the series the mirror holds."""
+        cursor = await self._db.execute(
+            "SELECT license_short_name, source_DOI, COUNT(*) FROM series "
+            "WHERE selected = 1 AND state = 'complete' GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        return [(row[0], row[1], int(row[2])) for row in await cursor.fetchall()]
+
+    async def live_series(self, after: str = "", limit: int = 1000) -> list[SeriesRow]:
+        """Series the mirror holds (not retired), one page at a time."""
+        cursor = await self._db.execute(
+            f"SELECT {_SERIES_COLUMNS} FROM series WHERE state != 'retired' "
+            "AND crdc_series_uuid > ? ORDER BY crdc_series_uuid LIMIT ?",
+            (after, limit),
+        )
+        return [_series_row(row) for row in await cursor.fetchall()]
+
+    # -- operator tools (verify, retry-failed) ----------------------------------------
+
+    async def objects_done(self, after_key: str = "", limit: int = 1000) -> list[DoneObject]:
+        """One page, in key order, of objects recorded as verified on disk."""
+        cursor = await self._db.execute(
+            f"SELECT {_DONE_COLUMNS} FROM object WHERE state = 'done' AND key > ? "
+            "ORDER BY key LIMIT ?",
+            (after_key, limit),
+        )
+        return [_done_object(row) for row in await cursor.fetchall()]
+
+    async def sample_done(self, count: int) -> list[DoneObject]:
+        """``count`` done objects chosen at random (SQLite keeps only ``count`` rows while
+        it sorts, so memory stays small on a large mirror)."""
+        cursor = await self._db.execute(
+            f"SELECT {_DONE_COLUMNS} FROM object WHERE state = 'done' ORDER BY random() LIMIT ?",
+            (count,),
+        )
+        return [_done_object(row) for row in await cursor.fetchall()]
+
+    async def mark_for_refetch(self, keys: Sequence[str], reason: str) -> int:
+        """Put done objects whose local copy is damaged or gone back to pending, and their
+        series back in the queue, so the next sync fetches them; returns how many moved."""
+        moved = 0
+        async with self._transaction():
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ", ".join("?" * len(chunk))
+                cursor = await self._db.execute(
+                    "UPDATE object SET state = 'pending', last_error = ?, checksum_kind = NULL, "
+                    f"checksum = NULL, fetched_at = NULL WHERE state = 'done' AND key IN ({marks})",
+                    (reason, *chunk),
+                )
+                moved += cursor.rowcount
+                await self._db.execute(
+                    "UPDATE series SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+                    "last_error = ?, updated_at = ? WHERE crdc_series_uuid IN ("
+                    f"SELECT crdc_series_uuid FROM object WHERE key IN ({marks}))",
+                    (reason, time.time(), *chunk),
+                )
+        return moved
+
+    async def retry_failed(self) -> RetryCounts:
+        """Give quarantined and failed objects, and failed or incomplete series, another go.
+        Refused objects stay refused: their key or path is unsafe whatever happens."""
+        counts: dict[str, int] = {}
+        async with self._transaction():
+            for state in ("quarantined", "failed"):
+                cursor = await self._db.execute(
+                    "UPDATE object SET state = 'pending', last_error = NULL WHERE state = ?",
+                    (state,),
+                )
+                counts[state] = cursor.rowcount
+            cursor = await self._db.execute(
+                "UPDATE series SET state = 'queued', lease_owner = NULL, lease_expires = NULL, "
+                "updated_at = ? WHERE state IN ('failed', 'incomplete') OR (state != 'queued' "
+                "AND crdc_series_uuid IN "
+                "(SELECT crdc_series_uuid FROM object WHERE state = 'pending'))",
+                (time.time(),),
+            )
+            counts["series"] = cursor.rowcount
+        return RetryCounts(counts["quarantined"], counts["failed"], counts["series"])
+
+
+_DONE_COLUMNS = "key, crdc_series_uuid, size, etag, path, checksum_kind, checksum"
+
+
+@dataclass(frozen=True, slots=True)
+class DoneObject:
+    """An object recorded as verified, with the checksum it was verified against."""
+
+    key: str
+    crdc_series_uuid: str
+    size: int
+    etag: str
+    path: Path
+    checksum_kind: str | None
+    checksum: str | None
+
+
+def _done_object(row: Any) -> DoneObject:
+    key, series, size, etag, path, kind, checksum = row
+    return DoneObject(str(key), str(series), int(size), str(etag), Path(path), kind, checksum)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCounts:
+    """What ``retry-failed`` put back in the queue."""
+
+    objects_quarantined: int
+    objects_failed: int
+    series: int

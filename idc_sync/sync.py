@@ -18,8 +18,12 @@ from idc_sync.manifest import read_manifest
 from idc_sync.mirror import Mirror, MirrorOptions, NoProgress, ProgressSink, RunSummary
 from idc_sync.model import UnknownSelection
 from idc_sync.planner import Layout, PlanTally, place_batch
-from idc_sync.queue import CollectionStatus, Problem, Queue
+from idc_sync.provenance import write_provenance
+from idc_sync.queue import CollectionStatus, Problem, Queue, SeriesPlacement
+from idc_sync.releases import PlanDifference
+from idc_sync.retire import RetireSummary, retire_unselected
 from idc_sync.retry import RetryPolicy
+from idc_sync.shard import select
 from idc_sync.statelock import StateLock
 from idc_sync.transfer import NativeEngine
 
@@ -82,6 +86,7 @@ class PlanReport:
     files_present: int = 0
     bytes_present: int = 0
     free_bytes: int | None = None
+    difference: PlanDifference = field(default_factory=PlanDifference)
 
     @property
     def bytes_to_fetch(self) -> int:
@@ -95,21 +100,55 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
+async def _difference(
+    queue: Queue, placements: list[SeriesPlacement], difference: PlanDifference
+) -> None:
+    known = await queue.known_series([p.record.crdc_series_uuid for p in placements])
+    new_uids = [
+        p.record.SeriesInstanceUID
+        for p in placements
+        if p.record.crdc_series_uuid not in known
+        or known[p.record.crdc_series_uuid].state == "retired"
+    ]
+    held = await queue.live_uids(new_uids) if new_uids else set()
+    for p in placements:
+        record = p.record
+        difference.selected(
+            record, known.get(record.crdc_series_uuid), record.SeriesInstanceUID in held
+        )
+
+
+async def _retiring(queue: Queue, selected: set[str], difference: PlanDifference) -> None:
+    """Series the mirror holds that this selection would retire."""
+    after = ""
+    while page := await queue.live_series(after):
+        after = page[-1].crdc_series_uuid
+        gone = [row for row in page if row.crdc_series_uuid not in selected]
+        for row in gone:
+            _files, size = await queue.done_bytes_of([row.crdc_series_uuid])
+            difference.retired(row, size)
+
+
 async def plan(settings: Settings) -> PlanReport:
     """A dry run: what the selection holds, what is already verified, what it needs."""
     state_db = settings.state_path / STATE_DB
     queue = await Queue.open(state_db, create=False) if state_db.exists() else None
+    shard = settings.series_shard
     try:
         with resolved(settings) as (catalog, resolution, layout):
             report = PlanReport(catalog.release, PlanTally(), list(resolution.unknown))
+            selected: set[str] = set()
             for batch in resolution.batches():
-                placements = place_batch(batch, layout, report.tally)
+                placements = place_batch(select(batch, shard), layout, report.tally)
                 if queue is not None:
-                    files, size = await queue.done_bytes_of(
-                        [p.record.crdc_series_uuid for p in placements]
-                    )
+                    uuids = [p.record.crdc_series_uuid for p in placements]
+                    files, size = await queue.done_bytes_of(uuids)
                     report.files_present += files
                     report.bytes_present += size
+                    await _difference(queue, placements, report.difference)
+                    selected.update(uuids)
+            if queue is not None:
+                await _retiring(queue, selected, report.difference)
     finally:
         if queue is not None:
             await queue.close()
@@ -125,6 +164,8 @@ class SyncReport:
     summary: RunSummary
     status: list[CollectionStatus] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    retired: RetireSummary = field(default_factory=RetireSummary)
+    provenance_rows: int = 0
 
     @property
     def ok(self) -> bool:
@@ -141,6 +182,28 @@ ProgressFactory = Callable[[int, int, int, int], ProgressSink]
 
 def _no_progress(files: int, size: int, files_done: int, bytes_done: int) -> ProgressSink:
     return NoProgress()
+
+
+def mirror_options(settings: Settings) -> MirrorOptions:
+    return MirrorOptions(
+        source=settings.source,
+        concurrency=settings.concurrency,
+        series_concurrency=settings.series_concurrency,
+        lease_seconds=settings.lease_seconds,
+        # the settings count attempts; the policy counts retries after the first attempt
+        retry=RetryPolicy(
+            max_retryable=settings.max_attempts - 1,
+            max_integrity=settings.max_integrity_attempts - 1,
+        ),
+    )
+
+
+def native_engine(settings: Settings) -> NativeEngine:
+    return NativeEngine(
+        settings.endpoint,
+        concurrency=settings.concurrency,
+        pin_etag=settings.source == "aws",
+    )
 
 
 async def _fetch(
@@ -162,24 +225,11 @@ async def _fetch(
         sum(c.files_done for c in before),
         sum(c.bytes_done for c in before),
     )
-    options = MirrorOptions(
-        source=settings.source,
-        concurrency=settings.concurrency,
-        series_concurrency=settings.series_concurrency,
-        lease_seconds=settings.lease_seconds,
-        # the settings count attempts; the policy counts retries after the first attempt
-        retry=RetryPolicy(
-            max_retryable=settings.max_attempts - 1,
-            max_integrity=settings.max_integrity_attempts - 1,
-        ),
-    )
-    async with NativeEngine(
-        settings.endpoint,
-        concurrency=settings.concurrency,
-        pin_etag=settings.source == "aws",
-    ) as engine:
-        summary = await Mirror(queue, engine, options, sink).run()
+    async with native_engine(settings) as engine:
+        summary = await Mirror(queue, engine, mirror_options(settings), sink).run()
     report = SyncReport(release, tally, unknown, summary)
+    report.retired = await retire_unselected(queue, settings.retired, settings.retired_path)
+    report.provenance_rows = await write_provenance(queue, settings.provenance_path)
     report.status = await queue.status_by_collection()
     report.problems = await queue.problems()
     return report
@@ -188,6 +238,7 @@ async def _fetch(
 async def sync(settings: Settings, progress: ProgressFactory | None = None) -> SyncReport:
     """Plan the selection into the queue, then fetch and verify until nothing is left."""
     # Resolve first: a bad selection is reported before the state or the mirror is touched.
+    shard = settings.series_shard
     with resolved(settings) as (catalog, resolution, layout):
         release, unknown = catalog.release, list(resolution.unknown)
         with StateLock(settings.state_path):
@@ -196,7 +247,7 @@ async def sync(settings: Settings, progress: ProgressFactory | None = None) -> S
                 tally = PlanTally()
                 await queue.begin_plan()
                 for batch in resolution.batches():
-                    await queue.enqueue(place_batch(batch, layout, tally))
+                    await queue.enqueue(place_batch(select(batch, shard), layout, tally))
                 catalog.close()  # the workers may run for days; free DuckDB now
                 report = await _fetch(settings, queue, tally, release, unknown, progress)
             finally:
@@ -217,3 +268,10 @@ async def status(settings: Settings) -> StatusReport:
         return StatusReport(
             state_db, await queue.status_by_collection(), await queue.problems(limit=100)
         )
+
+
+async def citations(settings: Settings) -> list[tuple[str | None, str | None, int]]:
+    """(license_short_name, source_DOI, series) of what the mirror holds."""
+    state_db = settings.state_path / STATE_DB
+    async with await Queue.open(state_db, create=False) as queue:
+        return await queue.citations()

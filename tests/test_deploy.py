@@ -11,21 +11,22 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-import idc_sync
 from idc_sync.config import ENV_PREFIX, Settings, load_settings
 from tests.support import dataset
 from tests.support.s3server import S3TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "idc-sync.service"
-TIMER = ROOT / "systemd" / "idc-sync.timer"
 EXAMPLE_CONFIG = ROOT / "systemd" / "config.example.toml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -94,7 +95,7 @@ def _replace_option(argv: list[str], option: str, value: str) -> list[str]:
     return [*argv[: index + 1], value, *argv[index + 2 :]]
 
 
-def _installable_units(tmp_path: Path) -> tuple[Path, Path]:
+def _installable_units(tmp_path: Path) -> tuple[Path]:
     """Copies of the unit files whose ExecStart names this venv's idc-sync, because
     systemd-analyze verify rejects an ExecStart binary that does not exist."""
     program = _exec_start()[0]
@@ -104,9 +105,7 @@ def _installable_units(tmp_path: Path) -> tuple[Path, Path]:
     text = SERVICE.read_text()
     assert f"ExecStart={program} " in text
     service.write_text(text.replace(f"ExecStart={program} ", f"ExecStart={IDC_SYNC} ", 1))
-    timer = directory / TIMER.name
-    shutil.copyfile(TIMER, timer)
-    return service, timer
+    return (service,)
 
 
 def _systemd_analyze() -> str:
@@ -138,12 +137,12 @@ def test_systemd_analyze_verify_finds_nothing_in_the_units(tmp_path: Path) -> No
 
 def test_systemd_analyze_verify_would_report_a_broken_unit(tmp_path: Path) -> None:
     """The check above can fail: a misspelt key and a bad value are reported."""
-    service, timer = _installable_units(tmp_path)
+    (service,) = _installable_units(tmp_path)
     text = service.read_text()
     broken = text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes\nProtectSystem=bogus")
     assert broken != text
     service.write_text(broken)
-    findings = "\n".join(_verify_findings(service, timer))
+    findings = "\n".join(_verify_findings(service))
     assert "NoNewPrivilege" in findings
     assert "bogus" in findings
 
@@ -151,7 +150,7 @@ def test_systemd_analyze_verify_would_report_a_broken_unit(tmp_path: Path) -> No
 def test_the_service_stays_hardened(tmp_path: Path) -> None:
     """systemd's own offline security review rates the unit's exposure 0 (locked down) to
     10 (unprotected); keep it in the "OK" band, so dropping a protection is noticed."""
-    service, _ = _installable_units(tmp_path)
+    (service,) = _installable_units(tmp_path)
     result = subprocess.run(
         [_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(service)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -164,13 +163,30 @@ def test_the_service_stays_hardened(tmp_path: Path) -> None:
     assert float(match.group(1)) <= 2.0, result.stdout
 
 
-def test_unit_runs_a_oneshot_sync_that_stays_failed_when_incomplete() -> None:
-    assert _service("Type") == ["oneshot"]
-    argv = _exec_start()
-    assert argv[1] == "sync"
-    # exit 1 (incomplete) must surface as a failed unit, not be swallowed
-    success = " ".join(_service("SuccessExitStatus")).split()
-    assert "1" not in success
+def _seconds(value: str) -> float:
+    """A systemd time span such as "90s", "15min" or "1min 30s" in seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    assert parts, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_unit_runs_the_daemon_as_a_notify_service_that_may_finish_its_drain() -> None:
+    assert _service("Type") == ["notify"]
+    assert _exec_start()[1] == "serve"
+    # systemd must wait longer than the daemon's own drain deadline before SIGKILL
+    (stop,) = _service("TimeoutStopSec")
+    assert _seconds(stop) > Settings().drain_seconds + 10
+    # the loop pings at half the watchdog interval; a stuck loop gets restarted
+    (watchdog,) = _service("WatchdogSec")
+    assert 10 <= _seconds(watchdog) <= 600
+    assert _service("Restart") == ["on-failure"]
+    # bad configuration (2) and an unusable state directory (3) do not heal by restarting
+    assert {"2", "3"} <= set(" ".join(_service("RestartPreventExitStatus")).split())
+    (reload,) = _service("ExecReload")
+    assert "-HUP" in reload.split()
+    assert _unit(SERVICE)["Install"]["WantedBy"] == ["multi-user.target"]
+    assert "AF_UNIX" in " ".join(_service("RestrictAddressFamilies")).split()  # NOTIFY_SOCKET
 
 
 def test_unit_command_line_is_accepted_by_the_cli(tmp_path: Path) -> None:
@@ -227,15 +243,6 @@ def test_every_commented_out_example_setting_is_valid(tmp_path: Path) -> None:
     assert {k: getattr(settings, k) for k in tuning} == {k: getattr(Settings(), k) for k in tuning}
 
 
-def test_timer_runs_daily_with_jitter_and_catches_up() -> None:
-    timer = _unit(TIMER)
-    assert timer["Timer"]["OnCalendar"] == ["daily"]
-    assert timer["Timer"]["Persistent"] == ["true"]
-    assert timer["Timer"]["RandomizedDelaySec"]
-    assert timer["Timer"].get("Unit", [SERVICE.name]) == [SERVICE.name]
-    assert timer["Install"]["WantedBy"] == ["timers.target"]
-
-
 _LAUNCHER = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -284,13 +291,27 @@ def test_the_unit_command_works_under_memory_deny_write_execute(
     config.write_text(
         f'destination = "{tmp_path / "mirror"}"\nstate_dir = "{tmp_path / "state"}"\n'
         f"series = {json.dumps([str(r['crdc_series_uuid']) for r in rows])}\n"
-        f'[endpoints]\naws = "{s3_server.endpoint}"\n'
+        f'[endpoints]\naws = "{s3_server.endpoint}"\n[http]\nlisten = ""\n'
     )
     argv = _replace_option(_exec_start(), "--config", str(config))
-    result = subprocess.run(_under_mdwe([str(IDC_SYNC), *argv[1:]]), capture_output=True,
-                            text=True, timeout=240, check=False, env=_clean_env(),
-                            cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    # the unit runs a daemon: let it mirror the series, then stop it as systemd would
+    process = subprocess.Popen(_under_mdwe([str(IDC_SYNC), *argv[1:]]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=_clean_env(),
+                               cwd=tmp_path)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(list((tmp_path / "mirror").rglob("*.dcm"))) < len(uploaded):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the daemon did not mirror the series"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stdout + stderr
+    assert "stopped cleanly" in stderr
     assert len(list((tmp_path / "mirror").rglob("*.dcm"))) == len(uploaded)
 
 
@@ -380,21 +401,58 @@ def test_image_entrypoint_and_cmd_reach_the_cli(tmp_path: Path) -> None:
     assert not any(path.exists() for path in volumes.values())
 
 
-def test_image_healthcheck_command_passes_after_loading_the_whole_stack() -> None:
-    """The HEALTHCHECK exits 0, and (as the Dockerfile's comment promises) only after
-    importing the libraries a sync needs, so a broken dependency makes it fail."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_image_healthcheck_passes_beside_the_image_command_and_fails_without_it(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    """ENTRYPOINT + CMD (the daemon) with the image's environment, its volumes mapped to
+    tmp_path and a selection: the HEALTHCHECK command exits 0 while it serves and 1 once
+    it has stopped (on SIGTERM, with exit code 0)."""
     options, found, command_text = _single("HEALTHCHECK").partition("CMD ")
     assert found, "HEALTHCHECK without CMD"
     assert all(option.startswith("--") for option in options.split())
-    command = _exec_form(command_text)
-    env = _clean_env(**_docker_env(), PYTHONPROFILEIMPORTTIME="1")
-    result = subprocess.run(_local(command), capture_output=True, text=True, timeout=60,
-                            check=False, env=env)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert idc_sync.__version__ in result.stdout
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
-    needed = {"duckdb", "aiohttp", "aiobotocore", "pydantic_settings", "idc_index_data"}
-    assert needed <= imported, needed - imported
+    health = _local(_exec_form(command_text))
+    entrypoint, cmd = _exec_form(_single("ENTRYPOINT")), _exec_form(_single("CMD"))
+    rows = dataset.selection("two")
+    dataset.populate(s3_server, rows)
+    volumes = {volume: tmp_path / PurePosixPath(volume).name for volume in _volumes()}
+    env = {key: str(volumes.get(value, value)) for key, value in _docker_env().items()}
+    # the image listens on 0.0.0.0:9760 inside its own network namespace; here, on the
+    # host, stay on loopback and on a free port (health maps 0.0.0.0 to 127.0.0.1 anyway)
+    image_host, _, image_port = env["IDC_SYNC_HTTP__LISTEN"].rpartition(":")
+    assert (image_host, image_port) == ("0.0.0.0", "9760")
+    env["IDC_SYNC_HTTP__LISTEN"] = f"127.0.0.1:{_free_port()}"
+    env["IDC_SYNC_SERIES"] = json.dumps([str(row["crdc_series_uuid"]) for row in rows])
+    env["IDC_SYNC_ENDPOINTS__AWS"] = s3_server.endpoint
+    env = _clean_env(**env)
+
+    def healthcheck() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(health, capture_output=True, text=True, timeout=60, check=False,
+                              env=env)  # fmt: skip
+
+    process = subprocess.Popen(_local([*entrypoint, *cmd]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while (check := healthcheck()).returncode != 0:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, check.stderr
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert healthcheck().returncode == 1
 
 
 def test_image_environment_names_real_settings_on_its_volumes(
