@@ -14,6 +14,7 @@ from typing import Literal
 from idc_sync.config import Settings
 from idc_sync.queue import DoneObject, Queue, RetryCounts
 from idc_sync.statelock import StateLock
+from idc_sync.sync import STATE_DB
 from idc_sync.verify import (
     COMMON_PART_SIZES,
     Expected,
@@ -27,7 +28,6 @@ from idc_sync.verify import (
     verdict,
 )
 
-STATE_DB = "state.sqlite"  # the same file sync.py opens
 PAGE = 1000
 # Files hashed at once: hashing releases the GIL, and a few readers keep a disk array busy
 # without starving a sync that may start right after.
@@ -163,14 +163,15 @@ async def verify_objects(queue: Queue, sample: int | None = None) -> VerifyRepor
 
 
 async def verify(settings: Settings, sample: int | None = None) -> VerifyReport:
-    """The ``verify`` job: holds the state lock so no sync moves files meanwhile."""
-    with StateLock(settings.state_path):
-        async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+    """The ``verify`` job: holds the state lock so no sync moves files meanwhile. The
+    state is opened first, so a wrong --destination creates nothing."""
+    async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+        with StateLock(settings.state_path):
             return await verify_objects(queue, sample)
 
 
 async def retry_failed(settings: Settings) -> RetryCounts:
     """The ``retry-failed`` job: quarantined and failed objects back to pending."""
-    with StateLock(settings.state_path):
-        async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+    async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+        with StateLock(settings.state_path):
             return await queue.retry_failed()

@@ -18,6 +18,7 @@ import pytest
 
 from idc_sync.operator import Finding, check_file
 from idc_sync.queue import DoneObject
+from idc_sync.statelock import StateLock
 from idc_sync.sync import SyncReport, sync
 from tests.support import dataset
 from tests.support.s3server import S3TestServer, multipart_etag
@@ -174,11 +175,27 @@ def test_verify_sample_checks_that_many_files(tmp_path: Path, s3_server: S3TestS
     assert json.loads(sampled.stdout)["checked"] == 7
 
 
-def test_verify_without_a_state_exits_3_and_creates_nothing(tmp_path: Path) -> None:
-    result = cli("verify", "--destination", str(tmp_path / "mirror"))
+@pytest.mark.parametrize("command", ["verify", "retry-failed"])
+def test_operator_tools_without_a_state_exit_3_and_create_nothing(
+    tmp_path: Path, command: str
+) -> None:
+    result = cli(command, "--destination", str(tmp_path / "mirror"))
     assert result.returncode == 3
     assert "no idc-sync state" in result.stderr
-    assert not (tmp_path / "mirror" / ".idc-sync" / "state.sqlite").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_while_another_idc_sync_holds_the_state_exits_3(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("two")
+    dataset.populate(s3_server, rows)
+    settings = settings_for(tmp_path, s3_server.endpoint, rows)
+    assert run(settings).ok
+    with StateLock(settings.state_path):
+        result = cli("verify", "--destination", str(settings.mirror_root))
+    assert result.returncode == 3
+    assert "in use by" in result.stderr
 
 
 # -- retry-failed ---------------------------------------------------------------------------
