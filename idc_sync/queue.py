@@ -10,7 +10,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,14 @@ class Problem:
     key: str | None
     state: str
     reason: str | None
+
+
+def _in_chunks(values: Sequence[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """Slices of ``values`` with their ``?, ?, ...`` placeholders: SQLite caps the number
+    of bound parameters per statement."""
+    for start in range(0, len(values), size):
+        chunk = list(values[start : start + size])
+        yield chunk, ", ".join("?" * len(chunk))
 
 
 def _series_row(row: sqlite3.Row | tuple[Any, ...]) -> SeriesRow:
@@ -476,9 +484,7 @@ class Queue:
     async def done_bytes_of(self, crdc_series_uuids: Sequence[str]) -> tuple[int, int]:
         """Files and bytes already verified for the given series (for `plan`)."""
         files = size = 0
-        for start in range(0, len(crdc_series_uuids), 500):
-            chunk = crdc_series_uuids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(crdc_series_uuids):
             cursor = await self._db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM object WHERE state = 'done' "
                 f"AND crdc_series_uuid IN ({marks})",
@@ -583,9 +589,7 @@ class Queue:
     async def known_series(self, crdc_series_uuids: Sequence[str]) -> dict[str, SeriesRow]:
         """The queue's rows for these series, for planning a difference."""
         known: dict[str, SeriesRow] = {}
-        for start in range(0, len(crdc_series_uuids), 500):
-            chunk = crdc_series_uuids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(crdc_series_uuids):
             cursor = await self._db.execute(
                 f"SELECT {_SERIES_COLUMNS} FROM series WHERE crdc_series_uuid IN ({marks})",
                 chunk,
@@ -597,9 +601,7 @@ class Queue:
     async def live_uids(self, series_instance_uids: Sequence[str]) -> set[str]:
         """Which of these SeriesInstanceUIDs the mirror already holds under another version."""
         found: set[str] = set()
-        for start in range(0, len(series_instance_uids), 500):
-            chunk = series_instance_uids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(series_instance_uids):
             cursor = await self._db.execute(
                 f"SELECT DISTINCT SeriesInstanceUID FROM series WHERE state != 'retired' "
                 f"AND SeriesInstanceUID IN ({marks})",
@@ -663,9 +665,7 @@ class Queue:
         series back in the queue, so the next sync fetches them; returns how many moved."""
         moved = 0
         async with self._transaction():
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ", ".join("?" * len(chunk))
+            for chunk, marks in _in_chunks(keys):
                 cursor = await self._db.execute(
                     "UPDATE object SET state = 'pending', last_error = ?, checksum_kind = NULL, "
                     f"checksum = NULL, fetched_at = NULL WHERE state = 'done' AND key IN ({marks})",
