@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from idc_sync.model import ListedObject
 from idc_sync.retry import FailureClass
-from idc_sync.transfer import Engine, Fetched, FetchJob, ProgressCallback
+from idc_sync.transfer import Engine, FetchJob, ProgressCallback
+from idc_sync.verify import Verdict
 
 PREFIX = "idc_sync"
 
@@ -177,7 +178,7 @@ class MeteredEngine:
         with _Timed(self._metrics, "head"):
             return await self._engine.part_size(bucket, key)
 
-    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Fetched:
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
         with _Timed(self._metrics, "get"):
             return await self._engine.fetch(job, on_bytes)
 

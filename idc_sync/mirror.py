@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -16,20 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from idc_sync.errors import (
-    IntegrityError,
-    LocalStorageError,
-    PermanentError,
-    RetryableError,
-    UnsafePathError,
-)
+from idc_sync.errors import LocalStorageError, PermanentError, UnsafePathError
 from idc_sync.layout import instance_file_name, parse_object_key, resolve_inside
 from idc_sync.lifecycle import ObjectState, SeriesExpectation, SeriesState, series_verdict
 from idc_sync.model import Source
 from idc_sync.queue import ObjectResult, ObjectRow, Queue, SeriesRow
 from idc_sync.retry import FailureClass, RetryExhausted, RetryPolicy, classify_exception
 from idc_sync.routing import bucket_for
-from idc_sync.storage import fsync_directory, remove_stale_temp_files
+from idc_sync.storage import fsync_directory, survey_directory
 from idc_sync.transfer import Engine, FetchJob
 from idc_sync.verify import Expected, expectation_from_listing, hash_file, hashers_needed, verdict
 
@@ -158,7 +151,6 @@ class Mirror:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{self._rng.getrandbits(32):08x}"
         self._objects = asyncio.Semaphore(options.concurrency)
         self._recorder = _Recorder(queue)
-        self._cleaned: set[Path] = set()
         self._stop_reason: str | None = None
         self.summary = RunSummary()
 
@@ -226,6 +218,9 @@ class Mirror:
                 resolve_inside, row.root, PurePosixPath(row.rel_dir)
             )
             missing = await self._list(row, bucket, directory)
+            # One look at the directory per series: temp files a killed run left behind go,
+            # and the files already there are the only ones worth re-verifying.
+            survey = await asyncio.to_thread(survey_directory, directory)
         except (PermanentError, UnsafePathError, RetryExhausted) as error:
             reason = str(error)
             log.error("series %s (%s): %s", row.crdc_series_uuid, row.collection_id, reason)
@@ -237,11 +232,12 @@ class Mirror:
             self.stop(str(error))
             return
 
-        if directory not in self._cleaned:
-            self._cleaned.add(directory)
-            removed = await asyncio.to_thread(remove_stale_temp_files, directory)
-            if removed:
-                log.info("removed %d temp files left by an earlier run in %s", removed, directory)
+        if survey.removed_temp_files:
+            log.info(
+                "removed %d temp files left by an earlier run in %s",
+                survey.removed_temp_files,
+                directory,
+            )
 
         tasks: set[asyncio.Task[None]] = set()
         after = ""
@@ -255,7 +251,10 @@ class Mirror:
                     if self._stop_reason is not None:
                         break
                     await self._objects.acquire()
-                    task = asyncio.create_task(self._object(bucket, obj))
+                    on_disk = (
+                        obj.path.name in survey.files if obj.path.parent == directory else None
+                    )
+                    task = asyncio.create_task(self._object(bucket, obj, on_disk))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
@@ -329,18 +328,20 @@ class Mirror:
 
     # -- one object -------------------------------------------------------------------
 
-    async def _object(self, bucket: str, obj: ObjectRow) -> None:
+    async def _object(self, bucket: str, obj: ObjectRow, on_disk: bool | None) -> None:
         try:
-            await self._fetch_verified(bucket, obj)
+            await self._fetch_verified(bucket, obj, on_disk)
         finally:
             self._objects.release()
 
-    async def _fetch_verified(self, bucket: str, obj: ObjectRow) -> None:
+    async def _fetch_verified(self, bucket: str, obj: ObjectRow, on_disk: bool | None) -> None:
+        """``on_disk`` says whether the series' directory survey saw a file at the final
+        path (None: not surveyed, look)."""
         expected = expectation_from_listing(obj.etag, obj.size)
         policy = self._options.retry
         part_size: int | None = None
         attempts = obj.attempts
-        reverify = True
+        reverify = on_disk is not False
         while True:
             try:
                 if expected.multipart_parts is not None and part_size is None:
@@ -410,19 +411,7 @@ class Mirror:
         attempts: int,
     ) -> None:
         job = FetchJob(bucket, obj.key, expected, obj.path, part_size)
-        fetched = await self._engine.fetch(job, self._progress.bytes_received)
-        result = verdict(expected, fetched.digests, fetched.goog)
-        if not result.ok:
-            await asyncio.to_thread(fetched.temp.discard)
-            raise IntegrityError(result.reason or "checksum mismatch")
-        try:
-            await asyncio.to_thread(fetched.temp.commit)
-        except LocalStorageError as error:
-            if getattr(error.__cause__, "errno", None) != errno.EIO:
-                raise
-            # commit() already discarded the copy whose fsync failed: one bad write is not
-            # a full disk, so fetch this file again instead of stopping the run.
-            raise RetryableError(f"{error}; fetching the file again") from error
+        result = await self._engine.fetch(job, self._progress.bytes_received)
         if result.kind == "size-only":
             self.summary.files_size_only += 1
             log.warning("%s: no checksum available, verified by size only", obj.key)

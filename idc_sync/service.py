@@ -37,7 +37,7 @@ from idc_sync.retire import retire_unselected
 from idc_sync.sdnotify import Notifier
 from idc_sync.shard import select
 from idc_sync.statelock import StateLock
-from idc_sync.sync import STATE_DB, mirror_options, native_engine, resolved, selection_of
+from idc_sync.sync import STATE_DB, mirror_options, open_engine, resolved, selection_of
 
 log = logging.getLogger("idc_sync.service")
 
@@ -344,7 +344,7 @@ class Daemon:
 
     async def _round(self) -> RunSummary:
         settings = self.settings
-        async with native_engine(settings) as engine:
+        async with open_engine(settings) as engine:
             self._mirror = Mirror(
                 self._require_queue(),
                 MeteredEngine(engine, self.metrics),

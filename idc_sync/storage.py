@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from idc_sync.errors import LocalStorageError
@@ -42,11 +43,14 @@ class TempFile:
     def __init__(self, final: Path) -> None:
         self.final = final
         self.path = temp_path_for(final)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
+            try:
+                self._fd: int | None = os.open(self.path, flags, 0o644)
+            except FileNotFoundError:
+                # the first file of a series creates its directory
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, flags, 0o644)
         except OSError as error:
             raise local_error(error, "cannot create", self.path) from error
 
@@ -98,15 +102,29 @@ def fsync_directory(directory: Path) -> None:
         raise local_error(error, "cannot fsync directory", directory) from error
 
 
-def remove_stale_temp_files(directory: Path) -> int:
-    """Delete temp files left in ``directory`` by a run that was killed; returns how many."""
+@dataclass(frozen=True, slots=True)
+class DirectorySurvey:
+    files: frozenset[str]  # names of regular files (not temp files, not symlinks)
+    removed_temp_files: int
+
+
+def survey_directory(directory: Path) -> DirectorySurvey:
+    """Remove temp files a killed run left in ``directory`` and name the regular files
+    that are there; an absent directory is an empty survey."""
+    files: set[str] = set()
     removed = 0
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
-        return 0
+        return DirectorySurvey(frozenset(), 0)
+    except OSError as error:
+        raise local_error(error, "cannot read directory", directory) from error
     for entry in entries:
-        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if is_temp_name(entry.name):
             Path(entry.path).unlink(missing_ok=True)
             removed += 1
-    return removed
+        else:
+            files.add(entry.name)
+    return DirectorySurvey(frozenset(files), removed)

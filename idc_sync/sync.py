@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from idc_sync.retire import RetireSummary, retire_unselected
 from idc_sync.retry import RetryPolicy
 from idc_sync.shard import select
 from idc_sync.statelock import StateLock
-from idc_sync.transfer import NativeEngine
+from idc_sync.transfer import Engine, NativeEngine
 
 log = logging.getLogger("idc_sync")
 
@@ -198,7 +198,8 @@ def mirror_options(settings: Settings) -> MirrorOptions:
     )
 
 
-def native_engine(settings: Settings) -> NativeEngine:
+def open_engine(settings: Settings) -> AbstractAsyncContextManager[Engine]:
+    """The transfer engine the settings ask for, as ``async with open_engine(s) as engine``."""
     return NativeEngine(
         settings.endpoint,
         concurrency=settings.concurrency,
@@ -225,7 +226,7 @@ async def _fetch(
         sum(c.files_done for c in before),
         sum(c.bytes_done for c in before),
     )
-    async with native_engine(settings) as engine:
+    async with open_engine(settings) as engine:
         summary = await Mirror(queue, engine, mirror_options(settings), sink).run()
     report = SyncReport(release, tally, unknown, summary)
     report.retired = await retire_unselected(queue, settings.retired, settings.retired_path)

@@ -2,11 +2,13 @@
 plain unsigned HTTP through aiohttp, bytes streamed into a temp file while hashing.
 
 An engine has a small surface (``list_series``, ``part_size``, ``fetch``) so another one
-(s5cmd) can stand behind the same interface."""
+(s5cmd) can stand behind the same interface. ``fetch`` ends with ``settle``: the verdict
+on the bytes, and the rename into place only when they verify."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -21,12 +23,20 @@ from botocore import UNSIGNED
 from botocore.exceptions import BotoCoreError, ClientError
 
 from idc_sync import __version__
-from idc_sync.errors import IntegrityError, PermanentError, RetryableError
+from idc_sync.errors import IntegrityError, LocalStorageError, PermanentError, RetryableError
 from idc_sync.model import ListedObject
 from idc_sync.retry import FailureClass, classify_status
 from idc_sync.routing import addressing_style, object_url
 from idc_sync.storage import TempFile
-from idc_sync.verify import Digests, Expected, GoogHash, hashers_needed, parse_goog_hash
+from idc_sync.verify import (
+    Digests,
+    Expected,
+    GoogHash,
+    Verdict,
+    hashers_needed,
+    parse_goog_hash,
+    verdict,
+)
 
 USER_AGENT = f"idc-sync/{__version__}"
 # Bodies up to this size are read whole and written with one thread hop; larger ones are
@@ -45,16 +55,13 @@ class FetchJob:
     part_size: int | None = None  # for multipart ETags
 
 
-@dataclass(slots=True)
-class Fetched:
-    """Bytes of one object in a temp file, with what was hashed and what the server claimed."""
-
-    temp: TempFile
-    digests: Digests
-    goog: GoogHash | None
-
-
 ProgressCallback = Callable[[int], None]
+
+
+class Throttle(Protocol):
+    """Paces received bytes (a bandwidth cap); ``take`` returns once ``nbytes`` may pass."""
+
+    async def take(self, nbytes: int) -> None: ...
 
 
 class Engine(Protocol):
@@ -62,7 +69,11 @@ class Engine(Protocol):
 
     async def part_size(self, bucket: str, key: str) -> int: ...
 
-    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Fetched: ...
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
+        """Fetch one object, verify it and rename it into place (see ``settle``). Raises
+        IntegrityError (nothing placed), RetryableError, PermanentError or
+        LocalStorageError."""
+        ...
 
 
 def _status_error(status: int, code: str | None, what: str) -> Exception:
@@ -84,6 +95,7 @@ class NativeEngine:
         *,
         concurrency: int,
         pin_etag: bool = True,
+        throttle: Throttle | None = None,
         connect_timeout: float = 30.0,
         read_timeout: float = 120.0,
     ) -> None:
@@ -91,6 +103,7 @@ class NativeEngine:
         self._concurrency = concurrency
         # GCS's XML API matches If-Match against generations, not ETags; pin only on S3.
         self._pin_etag = pin_etag
+        self._throttle = throttle
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._stack = AsyncExitStack()
@@ -166,7 +179,7 @@ class NativeEngine:
                 raise RetryableError("HEAD part 1: no Content-Length")
             return response.content_length
 
-    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Fetched:
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
         assert self._http is not None
         headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
         url = object_url(self._endpoint, job.bucket, job.key)
@@ -185,38 +198,56 @@ class NativeEngine:
                 )
             hasher = hashers_needed(job.expected, goog, job.part_size)
             if job.expected.size <= SLICE_BYTES:
-                # Most IDC files are small: one thread hop creates, hashes and writes.
+                # Most IDC files are small: one thread hop creates, hashes, writes, verifies
+                # and renames.
                 body = await response.read()
                 on_bytes(len(body))
-                temp = await asyncio.to_thread(_create_hash_and_write, job.final, hasher, body)
-                return Fetched(temp=temp, digests=hasher.digests(), goog=goog)
+                if self._throttle is not None:
+                    await self._throttle.take(len(body))
+                return await asyncio.to_thread(_store_body, job, hasher, goog, body)
             temp = await asyncio.to_thread(TempFile, job.final)
             writing: asyncio.Future[None] | None = None
             try:
-                if job.expected.size <= SLICE_BYTES:
-                    body = await response.read()
-                    on_bytes(len(body))
-                    await asyncio.to_thread(_hash_and_write, temp, hasher, body, 0)
-                else:
-                    offset = 0
-                    while block := await _read_slice(response.content, SLICE_BYTES):
-                        on_bytes(len(block))
-                        # Receive the next slice while a thread hashes and writes this one.
-                        if writing is not None:
-                            await writing
-                        writing = asyncio.ensure_future(
-                            asyncio.to_thread(_hash_and_write, temp, hasher, block, offset)
-                        )
-                        offset += len(block)
+                offset = 0
+                while block := await _read_slice(response.content, SLICE_BYTES):
+                    on_bytes(len(block))
+                    if self._throttle is not None:
+                        await self._throttle.take(len(block))
+                    # Receive the next slice while a thread hashes and writes this one.
                     if writing is not None:
                         await writing
+                    writing = asyncio.ensure_future(
+                        asyncio.to_thread(_hash_and_write, temp, hasher, block, offset)
+                    )
+                    offset += len(block)
+                if writing is not None:
+                    await writing
             except BaseException:
                 if writing is not None and not writing.done():
                     # the thread still holds the file: let it finish before discarding
                     await asyncio.gather(writing, return_exceptions=True)
                 await asyncio.to_thread(temp.discard)
                 raise
-        return Fetched(temp=temp, digests=hasher.digests(), goog=goog)
+        return await asyncio.to_thread(settle, temp, job, hasher.digests(), goog)
+
+
+def settle(temp: TempFile, job: FetchJob, digests: Digests, goog: GoogHash | None) -> Verdict:
+    """Judge the bytes in ``temp``; rename them into place only when they verify. Blocking.
+
+    A mismatch discards the temp file and raises IntegrityError. An EIO at fsync discards
+    it too and raises RetryableError: one bad write is not a full disk, so the object is
+    fetched again instead of stopping the run."""
+    result = verdict(job.expected, digests, goog)
+    if not result.ok:
+        temp.discard()
+        raise IntegrityError(result.reason or "checksum mismatch")
+    try:
+        temp.commit()
+    except LocalStorageError as error:
+        if getattr(error.__cause__, "errno", None) != errno.EIO:
+            raise
+        raise RetryableError(f"{error}; fetching the file again") from error
+    return result
 
 
 async def _read_slice(stream: aiohttp.StreamReader, size: int) -> bytes:
@@ -232,14 +263,14 @@ async def _read_slice(stream: aiohttp.StreamReader, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _create_hash_and_write(final: Path, hasher: Any, body: bytes) -> TempFile:
-    temp = TempFile(final)
+def _store_body(job: FetchJob, hasher: Any, goog: GoogHash | None, body: bytes) -> Verdict:
+    temp = TempFile(job.final)
     try:
         _hash_and_write(temp, hasher, body, 0)
     except BaseException:
         temp.discard()
         raise
-    return temp
+    return settle(temp, job, hasher.digests(), goog)
 
 
 def _hash_and_write(temp: TempFile, hasher: Any, block: bytes, offset: int) -> None:

@@ -19,7 +19,7 @@ from idc_sync.storage import (
     fsync_directory,
     is_temp_name,
     local_error,
-    remove_stale_temp_files,
+    survey_directory,
     temp_path_for,
 )
 
@@ -100,7 +100,7 @@ def test_two_temp_files_for_one_object_do_not_clash(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [INSTANCE]
 
 
-def test_remove_stale_temp_files_removes_only_temp_files(tmp_path: Path) -> None:
+def test_survey_removes_only_temp_files_and_names_the_regular_files(tmp_path: Path) -> None:
     series = tmp_path / "series"
     series.mkdir()
     outside = tmp_path / "outside.dcm"
@@ -115,18 +115,23 @@ def test_remove_stale_temp_files_removes_only_temp_files(tmp_path: Path) -> None
     temp_like_link = temp_path_for(series / "link")
     temp_like_link.symlink_to(outside)
 
-    assert remove_stale_temp_files(series) == 3
+    survey = survey_directory(series)
+    assert survey.removed_temp_files == 3
+    # symlinks and directories are never taken for files already mirrored
+    assert survey.files == {INSTANCE, "notes.partial"}
 
     assert not any(path.exists() for path in stale)
     assert sorted(os.listdir(series)) == sorted(
         [INSTANCE, "notes.partial", temp_like_dir.name, temp_like_link.name]
     )
     assert outside.read_bytes() == b"not ours to delete"
-    assert remove_stale_temp_files(series) == 0
+    assert survey_directory(series).removed_temp_files == 0
 
 
-def test_remove_stale_temp_files_in_a_missing_directory_is_nothing(tmp_path: Path) -> None:
-    assert remove_stale_temp_files(tmp_path / "not-yet") == 0
+def test_survey_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
+    survey = survey_directory(tmp_path / "not-yet")
+    assert survey.files == frozenset()
+    assert survey.removed_temp_files == 0
 
 
 def test_disk_errors_become_local_storage_errors_and_others_do_not(tmp_path: Path) -> None:
