@@ -8,6 +8,7 @@ IdcSyncError
 +-- UnsafePathError           a template value or object key that would escape the mirror root
 +-- TransferError             one object (or listing) could not be fetched
     +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
+    |   +-- ObjectChangedError  412 to If-Match: the object is not the one the listing named
     +-- IntegrityError        size or checksum mismatch
     +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
     +-- LocalStorageError     the local disk failed us (ENOSPC, EIO): stop, do not retry blindly
@@ -52,6 +53,11 @@ class TransferError(IdcSyncError):
 
 class RetryableError(TransferError):
     """A transient failure: try again after a backoff."""
+
+
+class ObjectChangedError(RetryableError):
+    """The server refused our If-Match (412): the listing's ETag is stale or wrong, so the
+    series is listed again before the next attempt."""
 
 
 class IntegrityError(TransferError):

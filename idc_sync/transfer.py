@@ -1,5 +1,5 @@
-"""The native transfer engine: anonymous ListObjectsV2 through aiobotocore, object GETs as
-plain unsigned HTTP through aiohttp, bytes streamed into a temp file while hashing.
+"""The native transfer engine: anonymous ListObjectsV2 and object GETs as plain unsigned HTTP
+through aiohttp; large objects as parallel ranged GETs on worker threads (ranged.py).
 
 An engine has a small surface (``list_series``, ``part_size``, ``fetch``) so another one
 (s5cmd) can stand behind the same interface. ``fetch`` ends with ``settle``: the verdict
@@ -11,22 +11,27 @@ import asyncio
 import errno
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore import UNSIGNED
-from botocore.exceptions import BotoCoreError, ClientError
 
 from idc_sync import __version__
-from idc_sync.errors import IntegrityError, LocalStorageError, PermanentError, RetryableError
+from idc_sync.errors import (
+    IntegrityError,
+    LocalStorageError,
+    ObjectChangedError,
+    PermanentError,
+    RetryableError,
+)
+from idc_sync.listing import parse_list_page
 from idc_sync.model import ListedObject
+from idc_sync.ranged import RangedTransfer, Target
 from idc_sync.retry import FailureClass, classify_status
-from idc_sync.routing import addressing_style, object_url
+from idc_sync.routing import bucket_url, object_url
 from idc_sync.storage import TempFile
 from idc_sync.verify import (
     Digests,
@@ -39,9 +44,15 @@ from idc_sync.verify import (
 )
 
 USER_AGENT = f"idc-sync/{__version__}"
-# Bodies up to this size are read whole and written with one thread hop; larger ones are
-# streamed in slices of the same size, hashed and written off the event loop.
-SLICE_BYTES = 8 << 20
+# Bodies up to this size are read whole on the event loop and stored with one thread hop;
+# larger ones are fetched as parallel ranged GETs on worker threads (ranged.py).
+SMALL_OBJECT = 8 << 20
+RANGE_BYTES = 32 << 20
+RANGE_STREAMS = 4  # ranges of one object in flight at once
+RANGE_THREADS = 16  # range workers shared by every large object
+STORAGE_THREADS = 32
+
+T = TypeVar("T")
 
 _ERROR_CODE = re.compile(rb"<Code>([A-Za-z]+)</Code>")
 
@@ -83,6 +94,8 @@ def _status_error(status: int, code: str | None, what: str) -> Exception:
     failure = classify_status(status, code)
     if failure is FailureClass.PERMANENT:
         return PermanentError(detail)
+    if status == 412:  # If-Match failed: the caller lists the series again
+        return ObjectChangedError(detail)
     return RetryableError(detail)
 
 
@@ -98,19 +111,38 @@ class NativeEngine:
         throttle: Throttle | None = None,
         connect_timeout: float = 30.0,
         read_timeout: float = 120.0,
+        small_object: int = SMALL_OBJECT,
+        range_bytes: int = RANGE_BYTES,
+        range_streams: int = RANGE_STREAMS,
     ) -> None:
         self._endpoint = endpoint
         self._concurrency = concurrency
         # GCS's XML API matches If-Match against generations, not ETags; pin only on S3.
         self._pin_etag = pin_etag
         self._throttle = throttle
+        self._small_object = small_object
+        self._range_bytes = range_bytes
+        self._range_streams = range_streams
+        self._ranges: ThreadPoolExecutor | None = None
+        self._followers: ThreadPoolExecutor | None = None
+        self._storage: ThreadPoolExecutor | None = None
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._stack = AsyncExitStack()
         self._http: aiohttp.ClientSession | None = None
-        self._s3: Any = None
 
     async def __aenter__(self) -> NativeEngine:
+        self._ranges = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="idc-sync-range")
+        # one follower per large object in flight, never waiting behind range workers
+        self._followers = ThreadPoolExecutor(self._concurrency, thread_name_prefix="idc-sync-hash")
+        # Writes, fsyncs and renames: on a real disk an fsync takes milliseconds, so the
+        # default executor (CPU count + 4 threads) would cap small files per second.
+        self._storage = ThreadPoolExecutor(
+            min(self._concurrency, STORAGE_THREADS), thread_name_prefix="idc-sync-store"
+        )
+        self._stack.callback(self._storage.shutdown, wait=True)
+        self._stack.callback(self._followers.shutdown, wait=False, cancel_futures=True)
+        self._stack.callback(self._ranges.shutdown, wait=False, cancel_futures=True)
         connector = aiohttp.TCPConnector(
             limit=self._concurrency + 8, limit_per_host=0, ttl_dns_cache=300
         )
@@ -126,47 +158,36 @@ class NativeEngine:
                 trust_env=False,
             )
         )
-        config = AioConfig(
-            signature_version=UNSIGNED,
-            s3={"addressing_style": addressing_style(self._endpoint)},
-            # our retry policy decides; botocore's own retries would hide failures from it
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
-            max_pool_connections=16,
-            user_agent_extra=USER_AGENT,
-        )
-        self._s3 = await self._stack.enter_async_context(
-            get_session().create_client(
-                "s3", region_name="us-east-1", endpoint_url=self._endpoint, config=config
-            )
-        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
     async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
-        """Every object under ``<crdc_series_uuid>/``, across all pages."""
+        """Every object under ``<crdc_series_uuid>/``, across all pages (ListObjectsV2 as
+        plain unsigned HTTP: a tenth of botocore's CPU per page, see README)."""
+        assert self._http is not None
+        prefix = f"{crdc_series_uuid}/"
+        url = bucket_url(self._endpoint, bucket)
         found: list[ListedObject] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        try:
-            async for page in paginator.paginate(Bucket=bucket, Prefix=f"{crdc_series_uuid}/"):
-                for item in page.get("Contents", ()):
-                    found.append(
-                        ListedObject(
-                            key=str(item["Key"]),
-                            size=int(item["Size"]),
-                            etag=str(item.get("ETag", "")).strip('"'),
-                        )
-                    )
-        except ClientError as error:
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            code = error.response.get("Error", {}).get("Code")
-            raise _status_error(status, code, f"LIST {bucket}/{crdc_series_uuid}/") from None
-        except BotoCoreError as error:
-            raise RetryableError(f"LIST {bucket}/{crdc_series_uuid}/: {error}") from None
-        return found
+        token: str | None = None
+        while True:
+            params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+            if token is not None:
+                params["continuation-token"] = token
+            async with self._http.get(url, params=params, allow_redirects=False) as response:
+                body = await response.read()
+                if response.status != 200:
+                    match = _ERROR_CODE.search(body[:4096])
+                    code = match.group(1).decode() if match else None
+                    raise _status_error(response.status, code, f"LIST {bucket}/{prefix}")
+            page = parse_list_page(body)
+            found.extend(page.objects)
+            if page.next_token is None:
+                return found
+            if page.next_token == token:
+                raise RetryableError(f"LIST {bucket}/{prefix}: the server repeats a page")
+            token = page.next_token
 
     async def part_size(self, bucket: str, key: str) -> int:
         """Size of part 1 of a multipart object, which fixes the part size for its ETag."""
@@ -183,6 +204,8 @@ class NativeEngine:
         assert self._http is not None
         headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
         url = object_url(self._endpoint, job.bucket, job.key)
+        if job.expected.size > self._small_object:
+            return await self._fetch_ranged(job, url, headers, on_bytes)
         async with self._http.get(url, headers=headers, allow_redirects=False) as response:
             if response.status != 200:
                 body = await response.content.read(4096)
@@ -197,38 +220,54 @@ class NativeEngine:
                     f"listing said {job.expected.size}"
                 )
             hasher = hashers_needed(job.expected, goog, job.part_size)
-            if job.expected.size <= SLICE_BYTES:
-                # Most IDC files are small: one thread hop creates, hashes, writes, verifies
-                # and renames.
-                body = await response.read()
-                on_bytes(len(body))
-                if self._throttle is not None:
-                    await self._throttle.take(len(body))
-                return await asyncio.to_thread(_store_body, job, hasher, goog, body)
-            temp = await asyncio.to_thread(TempFile, job.final)
-            writing: asyncio.Future[None] | None = None
-            try:
-                offset = 0
-                while block := await _read_slice(response.content, SLICE_BYTES):
-                    on_bytes(len(block))
-                    if self._throttle is not None:
-                        await self._throttle.take(len(block))
-                    # Receive the next slice while a thread hashes and writes this one.
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(
-                        asyncio.to_thread(_hash_and_write, temp, hasher, block, offset)
-                    )
-                    offset += len(block)
-                if writing is not None:
-                    await writing
-            except BaseException:
-                if writing is not None and not writing.done():
-                    # the thread still holds the file: let it finish before discarding
-                    await asyncio.gather(writing, return_exceptions=True)
-                await asyncio.to_thread(temp.discard)
-                raise
-        return await asyncio.to_thread(settle, temp, job, hasher.digests(), goog)
+            # Most IDC files are small: the body is read whole, and one thread hop creates,
+            # hashes, writes, verifies and renames.
+            body = await response.read()
+        on_bytes(len(body))
+        if self._throttle is not None:
+            await self._throttle.take(len(body))
+        return await self._store(_store_body, job, hasher, goog, body)
+
+    async def _store(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work on the engine's storage threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._storage, function, *args)
+
+    async def _fetch_ranged(
+        self, job: FetchJob, url: str, headers: dict[str, str], on_bytes: ProgressCallback
+    ) -> Verdict:
+        """A large object as parallel ranged GETs on worker threads (see ranged.py)."""
+        assert self._ranges is not None
+        loop = asyncio.get_running_loop()
+        throttle = self._throttle
+
+        def progress(count: int) -> None:  # called on range worker threads
+            loop.call_soon_threadsafe(on_bytes, count)
+            if throttle is not None:
+                asyncio.run_coroutine_threadsafe(throttle.take(count), loop).result()
+
+        target = Target(url, {**headers, "User-Agent": USER_AGENT}, self._read_timeout)
+        temp = await self._store(TempFile, job.final)
+        transfer = RangedTransfer(
+            temp, target, job.expected.size, self._range_bytes, _status_error, progress
+        )
+        threads: list[asyncio.Future[None]] = []
+        try:
+            message = await loop.run_in_executor(self._ranges, transfer.open_first)
+            goog = parse_goog_hash(message.get_all("x-goog-hash") or [])
+            hasher = hashers_needed(job.expected, goog, job.part_size)
+            threads.append(loop.run_in_executor(self._followers, transfer.hash_in_order, hasher))
+            streams = min(self._range_streams, len(transfer.ranges))
+            threads += [loop.run_in_executor(self._ranges, transfer.work) for _ in range(streams)]
+            await asyncio.gather(*threads)
+            if transfer.error is not None:
+                raise transfer.error
+        except BaseException as error:
+            transfer.abort(error)
+            # the threads still hold the file: let them stop before discarding it
+            await asyncio.gather(*threads, return_exceptions=True)
+            await self._store(temp.discard)
+            raise
+        return await self._store(settle, temp, job, hasher.digests(), goog)
 
 
 def settle(temp: TempFile, job: FetchJob, digests: Digests, goog: GoogHash | None) -> Verdict:
@@ -250,29 +289,12 @@ def settle(temp: TempFile, job: FetchJob, digests: Digests, goog: GoogHash | Non
     return result
 
 
-async def _read_slice(stream: aiohttp.StreamReader, size: int) -> bytes:
-    """Up to ``size`` bytes; fewer only at the end of the body."""
-    parts: list[bytes] = []
-    wanted = size
-    while wanted > 0:
-        part = await stream.read(wanted)
-        if not part:
-            break
-        parts.append(part)
-        wanted -= len(part)
-    return b"".join(parts)
-
-
 def _store_body(job: FetchJob, hasher: Any, goog: GoogHash | None, body: bytes) -> Verdict:
     temp = TempFile(job.final)
     try:
-        _hash_and_write(temp, hasher, body, 0)
+        hasher.update(body)
+        temp.write_at(body, 0)
     except BaseException:
         temp.discard()
         raise
     return settle(temp, job, hasher.digests(), goog)
-
-
-def _hash_and_write(temp: TempFile, hasher: Any, block: bytes, offset: int) -> None:
-    hasher.update(block)
-    temp.write_at(block, offset)
