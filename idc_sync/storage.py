@@ -43,7 +43,7 @@ class TempFile:
     def __init__(self, final: Path) -> None:
         self.final = final
         self.path = temp_path_for(final)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             try:
                 self._fd: int | None = os.open(self.path, flags, 0o644)
@@ -53,6 +53,19 @@ class TempFile:
                 self._fd = os.open(self.path, flags, 0o644)
         except OSError as error:
             raise local_error(error, "cannot create", self.path) from error
+
+    @classmethod
+    def adopt(cls, final: Path, path: Path) -> TempFile:
+        """A temp file another program (s5cmd) filled at ``path``, to commit or discard."""
+        temp = cls.__new__(cls)
+        temp.final = final
+        temp.path = path
+        try:
+            # fsync needs a descriptor, not write access
+            temp._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise local_error(error, "cannot open", path) from error
+        return temp
 
     def write_at(self, data: bytes | memoryview, offset: int) -> None:
         assert self._fd is not None
@@ -64,6 +77,14 @@ class TempFile:
                 offset += written
         except OSError as error:
             raise local_error(error, "cannot write", self.path) from error
+
+    def read_into(self, buffer: memoryview, offset: int) -> int:
+        """Read back bytes written earlier (hashing a file filled out of order)."""
+        assert self._fd is not None
+        try:
+            return os.preadv(self._fd, [buffer], offset)
+        except OSError as error:
+            raise local_error(error, "cannot read back", self.path) from error
 
     def commit(self) -> None:
         """fsync the data, then rename into place. The caller fsyncs the directory before
