@@ -29,6 +29,7 @@ from idc_sync.errors import (
 )
 from idc_sync.listing import parse_list_page
 from idc_sync.model import ListedObject
+from idc_sync.pacing import AdaptiveLimit
 from idc_sync.ranged import RangedTransfer, Target
 from idc_sync.retry import FailureClass, classify_status
 from idc_sync.routing import bucket_url, object_url
@@ -126,6 +127,7 @@ class NativeEngine:
         self._ranges: ThreadPoolExecutor | None = None
         self._followers: ThreadPoolExecutor | None = None
         self._storage: ThreadPoolExecutor | None = None
+        self._pace = AdaptiveLimit(concurrency + 8, floor=min(4, concurrency))
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._stack = AsyncExitStack()
@@ -175,12 +177,16 @@ class NativeEngine:
             params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
             if token is not None:
                 params["continuation-token"] = token
-            async with self._http.get(url, params=params, allow_redirects=False) as response:
+            async with (
+                self._pace,
+                self._http.get(url, params=params, allow_redirects=False) as response,
+            ):
                 body = await response.read()
                 if response.status != 200:
                     match = _ERROR_CODE.search(body[:4096])
                     code = match.group(1).decode() if match else None
-                    raise _status_error(response.status, code, f"LIST {bucket}/{prefix}")
+                    raise self._refused(response.status, code, f"LIST {bucket}/{prefix}")
+                self._pace.succeeded()
             page = parse_list_page(body)
             found.extend(page.objects)
             if page.next_token is None:
@@ -193,9 +199,9 @@ class NativeEngine:
         """Size of part 1 of a multipart object, which fixes the part size for its ETag."""
         assert self._http is not None
         url = object_url(self._endpoint, bucket, key) + "?partNumber=1"
-        async with self._http.head(url, allow_redirects=False) as response:
+        async with self._pace, self._http.head(url, allow_redirects=False) as response:
             if response.status not in (200, 206):
-                raise _status_error(response.status, None, "HEAD part 1")
+                raise self._refused(response.status, None, "HEAD part 1")
             if response.content_length is None:
                 raise RetryableError("HEAD part 1: no Content-Length")
             return response.content_length
@@ -206,12 +212,15 @@ class NativeEngine:
         url = object_url(self._endpoint, job.bucket, job.key)
         if job.expected.size > self._small_object:
             return await self._fetch_ranged(job, url, headers, on_bytes)
-        async with self._http.get(url, headers=headers, allow_redirects=False) as response:
+        async with (
+            self._pace,
+            self._http.get(url, headers=headers, allow_redirects=False) as response,
+        ):
             if response.status != 200:
                 body = await response.content.read(4096)
                 match = _ERROR_CODE.search(body)
                 code = match.group(1).decode() if match else None
-                raise _status_error(response.status, code, "GET")
+                raise self._refused(response.status, code, "GET")
             goog = parse_goog_hash(response.headers.getall("x-goog-hash", []))
             if response.content_length not in (None, job.expected.size):
                 # Same key, other size: the object changed after we listed it.
@@ -223,10 +232,23 @@ class NativeEngine:
             # Most IDC files are small: the body is read whole, and one thread hop creates,
             # hashes, writes, verifies and renames.
             body = await response.read()
+            self._pace.succeeded()
         on_bytes(len(body))
         if self._throttle is not None:
             await self._throttle.take(len(body))
         return await self._store(_store_body, job, hasher, goog, body)
+
+    @property
+    def pace(self) -> AdaptiveLimit:
+        """The adaptive limit on requests in flight (metrics and tests read it)."""
+        return self._pace
+
+    def _refused(self, status: int, code: str | None, what: str) -> Exception:
+        """The error for a non-success answer; SlowDown, 503 and 429 also halve the number
+        of requests in flight."""
+        if status in (429, 503) or code == "SlowDown":
+            self._pace.throttled()
+        return _status_error(status, code, what)
 
     async def _store(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking file work on the engine's storage threads."""
