@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -35,6 +36,15 @@ from rich.progress import (
 from rich.table import Table
 
 from idc_sync import __version__
+from idc_sync.citations import (
+    DOI_RESOLVER,
+    FORMATS,
+    dois_to_format,
+    failure_message,
+    render_json,
+    render_text,
+    resolve,
+)
 from idc_sync.config import Settings, load_settings
 from idc_sync.errors import ConfigurationError, IdcSyncError, StateError
 from idc_sync.httpapi import url_of
@@ -204,10 +214,41 @@ def _print_difference(report: PlanReport) -> None:
 @click.option("--destination", type=click.Path(path_type=Path))
 @click.option("--state-dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def citations_command(as_json: bool, **flags: Any) -> None:
-    """The DOIs of what the mirror holds, per license: cite them when you publish."""
+@click.option(
+    "--format",
+    "citation_format",
+    type=click.Choice(FORMATS),
+    default="doi",
+    show_default=True,
+    help="doi: the DOI list; apa, bibtex, csl-json, turtle: references formatted by "
+    "doi.org (needs network).",
+)
+@click.option("--doi-resolver", default=DOI_RESOLVER, hidden=True)  # tests: a local resolver
+def citations_command(as_json: bool, citation_format: str, doi_resolver: str, **flags: Any) -> None:
+    """The DOIs of what the mirror holds, per license: cite them when you publish.
+
+    Exit 0 also when doi.org cannot be reached (the DOIs are listed instead, stderr says
+    so); 1 when doi.org answered but some DOIs could not be formatted."""
     settings = _run_load(flags)
     rows = _run(lambda: citations(settings))
+    dois = dois_to_format(rows) if citation_format != "doi" else []
+    if not dois:
+        _print_dois(rows, as_json)
+        return
+    resolution = _run(lambda: resolve(dois, citation_format, doi_resolver))
+    if not resolution.citations:
+        _print_dois(rows, as_json)
+    elif as_json:
+        click.echo(json.dumps(render_json(rows, citation_format, resolution), indent=2))
+    else:
+        click.echo(render_text(rows, citation_format, resolution))
+    if resolution.failures:
+        message = escape(failure_message(resolution, doi_resolver))
+        stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_INCOMPLETE if resolution.partial else EXIT_OK)
+
+
+def _print_dois(rows: list[tuple[str | None, str | None, int]], as_json: bool) -> None:
     if as_json:
         stdout.print_json(json.dumps([
             {"license_short_name": lic, "source_DOI": doi, "series": n} for lic, doi, n in rows
