@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,10 @@ def is_temp_name(name: str) -> bool:
 
 
 def temp_path_for(final: Path) -> Path:
-    """A fresh temp name in the final file's directory, so the rename never crosses devices."""
-    return final.with_name(f"{TEMP_PREFIX}{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    """A fresh temp name in the final file's directory, so the rename never crosses devices.
+    The suffix only has to be unlikely to repeat (creation uses O_EXCL), not unguessable, so
+    it comes from ``random`` rather than a getrandom() call per file."""
+    return final.with_name(f"{TEMP_PREFIX}{final.name}.{random.getrandbits(32):08x}{TEMP_SUFFIX}")
 
 
 def local_error(error: OSError, what: str, path: Path) -> LocalStorageError | OSError:
