@@ -110,6 +110,12 @@ class RangedTransfer:
     def error(self) -> BaseException | None:
         return self._error
 
+    def close_unused(self) -> None:
+        """Close range 0's response if no worker took it (the transfer failed first)."""
+        if self._first is not None:
+            (connection, response), self._first = self._first, None
+            self._close(connection, response)
+
     # -- the first range: its headers decide what to hash ------------------------------
 
     def open_first(self) -> http.client.HTTPMessage:
@@ -122,6 +128,7 @@ class RangedTransfer:
         self, start: int, end: int
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         connection = self.target.connect()
+        response: http.client.HTTPResponse | None = None
         with self._changed:
             self._open.add(connection)
         try:
@@ -139,15 +146,21 @@ class RangedTransfer:
             self._check_content_range(response.getheader("Content-Range", ""), start, end)
             return connection, response
         except (OSError, http.client.HTTPException) as error:
-            self._close(connection)
+            self._close(connection, response)
             raise RetryableError(f"GET range {start}-{end - 1}: {_describe(error)}") from error
         except BaseException:
-            self._close(connection)
+            self._close(connection, response)
             raise
 
-    def _close(self, connection: http.client.HTTPConnection) -> None:
+    def _close(
+        self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse | None
+    ) -> None:
+        """Close both: a response's file object keeps its socket open past the connection's
+        close()."""
         with self._changed:
             self._open.discard(connection)
+        if response is not None:
+            response.close()
         connection.close()
 
     def _check_content_range(self, value: str, start: int, end: int) -> None:
@@ -198,7 +211,7 @@ class RangedTransfer:
                 self._wrote(index, count)
                 self._progress(count)
         finally:
-            self._close(connection)
+            self._close(connection, response)
 
     def _wrote(self, index: int, count: int) -> None:
         with self._changed:

@@ -287,6 +287,7 @@ class NativeEngine:
             transfer.abort(error)
             # the threads still hold the file: let them stop before discarding it
             await asyncio.gather(*threads, return_exceptions=True)
+            transfer.close_unused()
             await self._store(temp.discard)
             raise
         return await self._store(settle, temp, job, hasher.digests(), goog)
