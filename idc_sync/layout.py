@@ -246,11 +246,11 @@ def parse_object_key(key: str, crdc_series_uuid: str) -> str:
 def resolve_inside(root: Path, relative: PurePosixPath) -> Path:
     """``root`` joined with ``relative``, refusing any way out of ``root``.
 
-    Refuses absolute paths, ``..`` and NUL, and any existing symlink strictly below
-    ``root`` on the way to (and including) the target: a symlink planted in the mirror
-    must not redirect writes elsewhere. ``root`` itself may be a symlink. This is the only
-    function here that touches the file system (lstat only). It checks, it does not lock:
-    a symlink created after the check is not seen.
+    Refuses absolute paths, ``..``, NUL, lone surrogates (no UTF-8 name can hold them),
+    and any existing symlink strictly below ``root`` on the way to (and including) the
+    target: a symlink planted in the mirror must not redirect writes elsewhere. ``root``
+    itself may be a symlink. This is the only function here that touches the file system
+    (lstat only). It checks, it does not lock: a symlink created after the check is not seen.
     """
     if relative.is_absolute():
         raise UnsafePathError(f"path {str(relative)!r} is absolute; expected one inside {root}")
@@ -258,6 +258,13 @@ def resolve_inside(root: Path, relative: PurePosixPath) -> Path:
         raise UnsafePathError(f"path {str(relative)!r} climbs out with '..'")
     if any("\0" in part for part in relative.parts):
         raise UnsafePathError(f"path {str(relative)!r} contains NUL")
+    try:
+        # A lone surrogate has no UTF-8 form: no file name can carry it faithfully.
+        str(relative).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UnsafePathError(
+            f"path {str(relative)!r} is not valid Unicode ({error.reason})"
+        ) from None
     target = root.joinpath(*relative.parts)
     current = root
     for part in relative.parts:

@@ -30,6 +30,15 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), No
 }
 
 
+def about(series: str, key: str | None = None, **fields: object) -> dict[str, object]:
+    """``extra=`` for a log call about one series (and one of its objects): JSON lines get
+    them as ``series`` and ``object``; ``fields`` add more (``source``, ``collection``)."""
+    extra: dict[str, object] = {"series": series, **fields}
+    if key is not None:
+        extra["object"] = key
+    return extra
+
+
 def concerns(record: logging.LogRecord) -> tuple[str | None, str | None]:
     """(series, object) a record is about, if it names them."""
     series = getattr(record, "series", None)

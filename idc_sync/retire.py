@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from idc_sync.logs import about
 from idc_sync.queue import Queue, SeriesRow
 
 log = logging.getLogger("idc_sync.retire")
@@ -107,12 +108,18 @@ async def retire_unselected(
                     "series %s (%s): kept until its new version is verified",
                     row.crdc_series_uuid,
                     row.SeriesInstanceUID,
+                    extra=about(row.crdc_series_uuid, collection=row.collection_id),
                 )
                 continue
             files = await queue.done_paths(row.crdc_series_uuid)
             done, note = await asyncio.to_thread(_apply, policy, row, files, retired_dir)
             await queue.mark_retired(row.crdc_series_uuid, note)
-            log.info("series %s: %s", row.crdc_series_uuid, note)
+            log.info(
+                "series %s: %s",
+                row.crdc_series_uuid,
+                note,
+                extra=about(row.crdc_series_uuid, collection=row.collection_id),
+            )
             total.series_retired += 1
             total.files_moved += done.files_moved
             total.files_deleted += done.files_deleted

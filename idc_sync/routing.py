@@ -42,6 +42,11 @@ def bucket_for(source: Source, aws_bucket: str) -> str:
     raise ConfigurationError(f"unknown source {source!r}; expected 'aws' or 'gcs'")
 
 
+def other_source(source: Source) -> Source:
+    """The other cloud, which holds the same IDC objects under the same keys (failover)."""
+    return "gcs" if source == "aws" else "aws"
+
+
 def _split_endpoint(endpoint: str) -> SplitResult:
     parts = urlsplit(endpoint.strip())
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:

@@ -23,6 +23,8 @@ MIB = 1 << 20
 
 # S3 limits a multipart upload to 10,000 parts; an ETag claiming more was not made by S3.
 S3_MAX_PARTS = 10_000
+# Every part but the last is at least 5 MiB (S3, and the GCS XML API's multipart uploads).
+S3_MIN_PART_SIZE = 5 * MIB
 
 # Part sizes that common uploaders use, most likely first: aws-cli/boto3/s3transfer (8 MiB,
 # doubled by s3transfer when a file would need more than 10,000 parts), rclone (5 MiB),
@@ -45,6 +47,9 @@ class Expected:
     etag: str  # normalized: no quotes, lower case
     md5_hex: str | None  # the ETag when it is a plain MD5
     multipart_parts: int | None  # N when the ETag is "<md5 of part md5s>-N"
+    # The ETag comes from an S3 listing, so it is the MD5 (or multipart ETag) of the bytes
+    # even when GCS serves them as a composite object (source failover).
+    etag_from_s3: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,17 +91,16 @@ def normalize_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
 
-def expectation_from_listing(etag: str, size: int) -> Expected:
-    """Read what an ETag says about the content; anything not S3-shaped promises nothing."""
+def expectation_from_listing(etag: str, size: int, *, from_s3: bool = False) -> Expected:
+    """Read what an ETag says about the content; anything not S3-shaped promises nothing.
+    ``from_s3``: the listing came from S3 (see ``Expected.etag_from_s3``)."""
     normalized = normalize_etag(etag)
     if _MD5_ETAG.fullmatch(normalized):
-        return Expected(size=size, etag=normalized, md5_hex=normalized, multipart_parts=None)
+        return Expected(size, normalized, normalized, None, from_s3)
     match = _MULTIPART_ETAG.fullmatch(normalized)
     if match is not None and int(match.group(2)) <= S3_MAX_PARTS:
-        return Expected(
-            size=size, etag=normalized, md5_hex=None, multipart_parts=int(match.group(2))
-        )
-    return Expected(size=size, etag=normalized, md5_hex=None, multipart_parts=None)
+        return Expected(size, normalized, None, int(match.group(2)), from_s3)
+    return Expected(size, normalized, None, None, from_s3)
 
 
 def _decode_b64(value: str, length: int) -> bytes | None:
@@ -156,6 +160,13 @@ def multipart_part_size_valid(size: int, parts: int, part_size: int) -> bool:
     if part_size <= 0 or size < 0 or not 1 <= parts <= S3_MAX_PARTS:
         return False
     return part_count(size, part_size) == parts
+
+
+def multipart_etag_possible(size: int, parts: int) -> bool:
+    """Whether an upload of ``size`` bytes can have ``parts`` parts at all: every part but
+    the last holds at least S3_MIN_PART_SIZE bytes. A listing that claims otherwise (a
+    small single-part object shown as "<md5>-2") cannot be trusted to describe the bytes."""
+    return 1 <= parts <= S3_MAX_PARTS and size >= (parts - 1) * S3_MIN_PART_SIZE
 
 
 def guess_part_size(size: int, parts: int) -> int | None:
@@ -296,9 +307,12 @@ class StreamHasher:
         )
 
 
-def _is_composite(goog: GoogHash | None) -> bool:
+def _is_composite(goog: GoogHash | None, expected: Expected | None = None) -> bool:
     # GCS gives composite objects a crc32c but no md5, and their ETag is not an MD5 even when
-    # it looks like one (GCS says to assume nothing about it).
+    # it looks like one (GCS says to assume nothing about it). An ETag from an S3 listing
+    # describes the bytes whatever GCS says.
+    if expected is not None and expected.etag_from_s3:
+        return False
     return goog is not None and goog.md5_b64 is None and goog.crc32c_b64 is not None
 
 
@@ -318,7 +332,7 @@ def hashers_needed(
     ``part_size`` is the multipart part size when known (from config, or a HEAD with
     partNumber=1); when None or inconsistent with the ETag's part count it is guessed.
     """
-    composite = _is_composite(goog)
+    composite = _is_composite(goog, expected)
     goog_md5 = goog is not None and goog.md5_b64 is not None
     if expected.md5_hex is not None and not composite:
         return StreamHasher(md5=True)
@@ -348,7 +362,7 @@ class _Check:
 
 def _checks(expected: Expected, digests: Digests, goog: GoogHash | None) -> list[_Check]:
     """Every check the server's promises allow, strongest first (got=None: not hashed)."""
-    composite = _is_composite(goog)
+    composite = _is_composite(goog, expected)
     checks: list[_Check] = []
     if expected.md5_hex is not None and not composite:
         checks.append(_Check("md5", "md5 (ETag)", expected.md5_hex, digests.md5_hex))
@@ -398,12 +412,32 @@ def verdict(expected: Expected, digests: Digests, goog: GoogHash | None = None) 
                 f"expected {check.expected}, got {check.got}",
             )
     if not performed:
+        impossible = _impossible_multipart(expected, goog)
+        if impossible is not None:
+            return Verdict(ok=False, kind="multipart-md5", checksum="", reason=impossible)
         return Verdict(ok=True, kind="size-only", checksum="", reason=_not_checked(checks))
     strongest = performed[0]
     # Only stronger checks we skipped are worth a note; weaker ones add nothing.
     stronger = checks[: checks.index(strongest)]
     return Verdict(
         ok=True, kind=strongest.kind, checksum=strongest.expected, reason=_not_checked(stronger)
+    )
+
+
+def _impossible_multipart(expected: Expected, goog: GoogHash | None) -> str | None:
+    """Why the listing's multipart ETag is untrustworthy, when it claims a part count its
+    size cannot have. With nothing else to check, accepting by size would let any bytes of
+    the right length in; a real multipart upload never meets this (its parts are >= 5 MiB),
+    so only a broken or lying listing is refused."""
+    parts = expected.multipart_parts
+    if parts is None or _is_composite(goog, expected):
+        return None
+    if multipart_etag_possible(expected.size, parts):
+        return None
+    return (
+        f"impossible multipart ETag: {expected.size} bytes cannot have {parts} parts "
+        f"(all but the last are at least {_mib(S3_MIN_PART_SIZE)}); listing ETag "
+        f"{expected.etag}, nothing trustworthy to verify against"
     )
 
 

@@ -127,18 +127,19 @@ def test_rendered_series_dirs_stay_inside_the_root(
     )
 
 
-def encodable(text: str) -> bool:
+def valid_unicode(text: str) -> bool:
     try:
-        os.fsencode(text)
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
 
 
-# Lone surrogates are left out: rendered directories never hold one (render_series_dir
-# escapes them), and resolve_inside raises UnicodeEncodeError on them rather than
-# UnsafePathError (it never returns a path for them either).
-@given(relative=hostile_text.filter(encodable))
+# Lone surrogates included (HOSTILE_PIECES has one, st.text draws more): they are refused
+# with UnsafePathError like every other unusable path, never a UnicodeEncodeError.
+@given(relative=hostile_text)
+@example(relative="a/\ud800/b")
+@example(relative="\udc80")  # what os.fsdecode makes of a non-UTF-8 byte
 @settings(max_examples=300)
 def test_resolve_inside_never_returns_a_path_outside_the_root(relative: str) -> None:
     root = Path("/srv/idc")
@@ -146,8 +147,20 @@ def test_resolve_inside_never_returns_a_path_outside_the_root(relative: str) -> 
         joined = resolve_inside(root, PurePosixPath(relative))
     except UnsafePathError:
         return
+    assert valid_unicode(str(joined))
     normal = Path(os.path.normpath(joined))
     assert normal == root or root in normal.parents
+
+
+@pytest.mark.parametrize("piece", [chr(0xD800), chr(0xDFFF), chr(0xDC80)])
+def test_resolve_inside_refuses_a_lone_surrogate_even_below_an_existing_directory(
+    tmp_path: Path, piece: str
+) -> None:
+    (tmp_path / "collection").mkdir()
+    with pytest.raises(UnsafePathError, match="not valid Unicode"):
+        resolve_inside(tmp_path, PurePosixPath(f"collection/{piece}/series"))
+    with pytest.raises(UnsafePathError, match="not valid Unicode"):
+        resolve_inside(tmp_path, PurePosixPath(f"missing/{piece}"))
 
 
 # -- symlinks planted in the mirror, and colliding names ------------------------------------

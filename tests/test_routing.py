@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from idc_sync.errors import ConfigurationError, PermanentError
 from idc_sync.model import AWS_TO_GCS_BUCKET
-from idc_sync.routing import addressing_style, bucket_for, bucket_url, object_url
+from idc_sync.routing import addressing_style, bucket_for, bucket_url, object_url, other_source
 
 SERIES = "085e85b3-3780-47f6-8538-585bcca95336"
 KEY = f"{SERIES}/8f4a4d6c-0b7e-4a0e-9b2f-3c1d2e4f5a6b.dcm"
@@ -53,6 +53,15 @@ def test_bucket_for_names_an_unknown_bucket(source: str, bucket: str) -> None:
     # "idc-open-cr" is a GCS name: the index's column holds AWS names only.
     with pytest.raises(PermanentError, match=repr(bucket)):
         bucket_for(source, bucket)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("aws_bucket", sorted(AWS_TO_GCS_BUCKET))
+def test_other_source_reads_the_same_series_from_the_twin_bucket(aws_bucket: str) -> None:
+    assert other_source("aws") == "gcs"
+    assert other_source("gcs") == "aws"
+    assert other_source(other_source("aws")) == "aws"
+    twins = {bucket_for("aws", aws_bucket), bucket_for(other_source("aws"), aws_bucket)}
+    assert twins == {aws_bucket, AWS_TO_GCS_BUCKET[aws_bucket]}
 
 
 def test_bucket_for_refuses_an_unknown_source() -> None:

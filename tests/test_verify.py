@@ -29,6 +29,7 @@ from idc_sync.verify import (
     guess_part_size,
     hash_file,
     hashers_needed,
+    multipart_etag_possible,
     multipart_part_size_valid,
     parse_goog_hash,
     part_count,
@@ -394,11 +395,17 @@ def test_multipart_mismatch_names_the_part_size_used() -> None:
     assert expected.etag in result.reason
 
 
+# A real multipart upload with an unusual part size: 7 parts of 5.9 MiB but the last. No
+# common uploader size and no whole MiB gives 7 parts for this size.
+ODD_PART = int(5.9 * MIB)
+ODD_SIZE = 6 * ODD_PART + 1000
+
+
 def test_multipart_without_a_usable_part_size_is_size_only_and_says_so() -> None:
-    data = payload(2500)
-    # 3 parts of 2500 bytes: the given 2000 gives 2 parts and no whole MiB gives 3
-    expected = expectation_from_listing(reference_multipart_etag(data, 1000), len(data))
-    hasher = hashers_needed(expected, None, part_size=2000)
+    data = payload(ODD_SIZE)
+    expected = expectation_from_listing(reference_multipart_etag(data, ODD_PART), len(data))
+    assert expected.multipart_parts == 7
+    hasher = hashers_needed(expected, None, part_size=8 * MIB)  # 8 MiB gives 5 parts
     assert hasher.computes == frozenset()
     result = verdict(expected, hash_all(hasher, data))
     assert result.ok
@@ -408,13 +415,98 @@ def test_multipart_without_a_usable_part_size_is_size_only_and_says_so() -> None
 
 
 def test_multipart_hashed_with_the_wrong_part_count_is_not_called_corrupt() -> None:
-    data = payload(2500)
-    expected = expectation_from_listing(reference_multipart_etag(data, 1000), len(data))
-    result = verdict(expected, hash_all(StreamHasher(md5=False, part_size=500), data))
+    data = payload(ODD_SIZE)
+    expected = expectation_from_listing(reference_multipart_etag(data, ODD_PART), len(data))
+    result = verdict(expected, hash_all(StreamHasher(md5=False, part_size=8 * MIB), data))
     assert result.ok
     assert result.kind == "size-only"
     assert result.reason is not None
-    assert "do not give 3" in result.reason
+    assert "do not give 7" in result.reason
+
+
+def test_a_multipart_etag_the_size_cannot_have_is_refused_when_nothing_else_checks() -> None:
+    # A 3,000-byte object listed as "<md5>-2": no upload of 3,000 bytes has two parts
+    # (every part but the last is at least 5 MiB), so the listing says nothing true about
+    # the bytes, and accepting them by size would let flipped bytes in.
+    data = payload(3000)
+    expected = expectation_from_listing(hashlib.md5(b"other").hexdigest() + "-2", len(data))
+    hasher = hashers_needed(expected, None, part_size=len(data))  # HEAD ?partNumber=1
+    result = verdict(expected, hash_all(hasher, data))
+    assert not result.ok
+    assert result.kind == "multipart-md5"
+    assert result.reason is not None
+    assert "3000 bytes cannot have 2 parts" in result.reason
+
+
+def test_a_multipart_etag_the_size_cannot_have_defers_to_the_gcs_md5() -> None:
+    data = payload(3000)
+    expected = expectation_from_listing(hashlib.md5(b"other").hexdigest() + "-2", len(data))
+    goog = GoogHash(md5_b64(data), None)
+    result = verdict(expected, hash_all(hashers_needed(expected, goog, None), data), goog)
+    assert result == Verdict(
+        ok=True,
+        kind="md5",
+        checksum=hashlib.md5(data).hexdigest(),
+        reason="multipart ETag not checked: part size unknown",
+    )
+    flipped = bytes([data[0] ^ 0xFF]) + data[1:]
+    assert not verdict(expected, hash_all(hashers_needed(expected, goog, None), flipped), goog).ok
+
+
+@pytest.mark.parametrize(
+    ("size", "parts", "possible"),
+    [
+        (0, 1, True),
+        (3000, 1, True),
+        (3000, 2, False),
+        (5 * MIB - 1, 2, False),
+        (5 * MIB, 2, True),  # a full 5 MiB part and an empty last one
+        (125_000_000, 15, True),  # 8 MiB parts
+        (10_000 * 5 * MIB, 10_000, True),
+        (10**15, 10_001, False),
+        (ODD_SIZE, 7, True),
+    ],
+)
+def test_multipart_etag_possible_follows_the_5_mib_minimum_part(
+    size: int, parts: int, possible: bool
+) -> None:
+    assert multipart_etag_possible(size, parts) is possible
+
+
+@given(
+    size=st.integers(min_value=0, max_value=10**11), part_size=st.integers(5 * MIB, 5 * 1024 * MIB)
+)
+def test_every_real_upload_has_a_possible_part_count(size: int, part_size: int) -> None:
+    # whatever part size an uploader picked (S3 allows 5 MiB to 5 GiB), its ETag is possible
+    assert multipart_etag_possible(size, part_count(size, part_size)) or (
+        part_count(size, part_size) > 10_000
+    )
+
+
+def test_an_s3_listing_md5_holds_even_when_gcs_serves_a_composite_object() -> None:
+    # failover: the checksum comes from the S3 listing, the bytes from GCS, which calls the
+    # object composite (crc32c only); its crc32c agrees with any bytes it serves
+    data = payload(700)
+    other = bytes([data[0] ^ 0xFF]) + data[1:]
+    md5 = hashlib.md5(data).hexdigest()
+    goog_of_other = GoogHash(None, b64(google_crc32c.value(other).to_bytes(4, "big")))
+    from_gcs = expectation_from_listing(md5, len(data))
+    from_s3 = expectation_from_listing(md5, len(data), from_s3=True)
+    assert from_s3.etag_from_s3
+
+    lenient = verdict(from_gcs, hash_all(hashers_needed(from_gcs, goog_of_other, None), other),
+                      goog_of_other)  # fmt: skip
+    assert lenient.ok  # on GCS alone a composite object's ETag promises nothing
+    hasher = hashers_needed(from_s3, goog_of_other, None)
+    assert "md5" in hasher.computes
+    strict = verdict(from_s3, hash_all(hasher, other), goog_of_other)
+    assert not strict.ok
+    assert strict.reason is not None
+    assert strict.reason.startswith("md5 (ETag) mismatch")
+    goog = GoogHash(None, b64(google_crc32c.value(data).to_bytes(4, "big")))
+    assert verdict(from_s3, hash_all(hashers_needed(from_s3, goog, None), data), goog) == (
+        passed("md5", md5)
+    )
 
 
 def test_gcs_md5_is_used_when_the_etag_promises_nothing() -> None:
