@@ -274,6 +274,23 @@ class Queue:
                 raise StateError(f"{self.path} is not an idc-sync state database")
             await db.executescript(_SCHEMA)
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await self._prepare_totals()
+
+    async def _prepare_totals(self) -> None:
+        """Create the running totals (see _TOTALS_SCHEMA) once per state database."""
+        cursor = await self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'collection_totals'"
+        )
+        if await cursor.fetchone() is not None:
+            return
+        async with self._write_lock:
+            try:
+                await self._db.executescript(f"BEGIN IMMEDIATE; {_TOTALS_SCHEMA} COMMIT;")
+            except sqlite3.OperationalError as error:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                if "already exists" not in str(error):  # another process made them first
+                    raise
 
     async def close(self) -> None:
         await self._db.close()
@@ -423,6 +440,14 @@ class Queue:
         )
         return [_object_row(row) for row in await cursor.fetchall()]
 
+    async def object_row(self, key: str) -> ObjectRow | None:
+        """One object as the queue holds it now (after a listing of its series changed it)."""
+        cursor = await self._db.execute(
+            f"SELECT {_OBJECT_COLUMNS} FROM object WHERE key = ? AND path IS NOT NULL", (key,)
+        )
+        row = await cursor.fetchone()
+        return None if row is None else _object_row(row)
+
     async def record_results(self, results: Iterable[ObjectResult]) -> None:
         """Write a batch of object outcomes in one transaction."""
         now = time.time()
@@ -521,6 +546,42 @@ class Queue:
             )
             for row in await cursor.fetchall()
         ]  # fmt: skip
+
+    async def collection_totals(self) -> list[CollectionStatus]:
+        """What ``status_by_collection`` counts, read from the running totals: one row per
+        collection, however many objects the state holds."""
+        cursor = await self._db.execute(
+            "SELECT collection_id, series_total, series_complete, files_expected, "
+            "bytes_expected, series_failed, files_done, bytes_done, files_failed, "
+            "files_quarantined FROM collection_totals WHERE series_total > 0 "
+            "ORDER BY collection_id"
+        )
+        return [
+            CollectionStatus(
+                collection_id=row[0], series_total=int(row[1]), series_complete=int(row[2]),
+                files_expected=int(row[3]), bytes_expected=int(row[4]),
+                series_failed=int(row[5]), files_done=int(row[6]), bytes_done=int(row[7]),
+                files_failed=int(row[8]), files_quarantined=int(row[9]),
+            )
+            for row in await cursor.fetchall()
+        ]  # fmt: skip
+
+    async def recent_problems(self, limit: int = 20) -> list[Problem]:
+        """What ``problems`` reports, found through the index of problem objects and the
+        series state index, so it stays cheap however many objects are done."""
+        cursor = await self._db.execute(
+            "SELECT s.collection_id, s.crdc_series_uuid, o.key, o.state, o.last_error "
+            # CROSS JOIN keeps the object side outer, where the partial index serves it
+            "FROM object AS o CROSS JOIN series AS s "
+            "ON s.crdc_series_uuid = o.crdc_series_uuid "
+            "WHERE o.state IN ('failed', 'quarantined', 'refused') AND s.selected = 1 "
+            "UNION ALL "
+            "SELECT collection_id, crdc_series_uuid, NULL, state, last_error FROM series "
+            "WHERE selected = 1 AND state IN ('queued', 'leased', 'incomplete', 'failed') "
+            "LIMIT ?",
+            (limit,),
+        )
+        return [Problem(*row) for row in await cursor.fetchall()]
 
     async def problems(self, limit: int = 50) -> list[Problem]:
         """Selected series that are not complete, and objects that failed, with reasons."""
@@ -730,3 +791,155 @@ class RetryCounts:
     objects_quarantined: int
     objects_failed: int
     series: int
+
+
+# -- running totals for status ---------------------------------------------------------
+# /status must not aggregate 58 M object rows on every call. Triggers keep per-series object
+# counts and per-collection totals of the selected series in the same transaction as every
+# write to `series` or `object`, whichever method makes it, so the totals stay exact across
+# restarts and replans. Created (and seeded with one full count) the first time a state
+# database is opened without them.
+
+_COUNTED_OBJECT_STATES = "('done', 'failed', 'refused', 'quarantined')"
+
+
+def _object_deltas(row: str, sign: str) -> str:
+    return (
+        f"files_done = files_done {sign} ({row}.state = 'done'), "
+        f"bytes_done = bytes_done {sign} (CASE WHEN {row}.state = 'done' THEN {row}.size "
+        "ELSE 0 END), "
+        f"files_failed = files_failed {sign} ({row}.state IN ('failed', 'refused')), "
+        f"files_quarantined = files_quarantined {sign} ({row}.state = 'quarantined')"
+    )
+
+
+def _object_trigger(name: str, event: str, row: str, sign: str, when: str) -> str:
+    return f"""
+CREATE TRIGGER totals_object_{name} AFTER {event} ON object
+WHEN {row}.state IN {_COUNTED_OBJECT_STATES} AND {when}
+BEGIN
+    UPDATE series_object_totals SET {_object_deltas(row, sign)}
+        WHERE crdc_series_uuid = {row}.crdc_series_uuid;
+    UPDATE collection_totals SET {_object_deltas(row, sign)}
+        WHERE collection_id = (SELECT collection_id FROM series
+            WHERE crdc_series_uuid = {row}.crdc_series_uuid AND selected = 1);
+END;"""
+
+
+def _series_deltas(row: str, sign: str) -> str:
+    def held(column: str) -> str:
+        return (
+            f"COALESCE((SELECT {column} FROM series_object_totals "
+            f"WHERE crdc_series_uuid = {row}.crdc_series_uuid), 0)"
+        )
+
+    return (
+        f"series_total = series_total {sign} 1, "
+        f"series_complete = series_complete {sign} ({row}.state = 'complete'), "
+        f"series_failed = series_failed {sign} ({row}.state = 'failed'), "
+        f"files_expected = files_expected {sign} COALESCE({row}.instance_count, 0), "
+        f"bytes_expected = bytes_expected {sign} COALESCE({row}.series_size_bytes, 0), "
+        + ", ".join(
+            f"{c} = {c} {sign} {held(c)}"
+            for c in ("files_done", "bytes_done", "files_failed", "files_quarantined")
+        )
+    )
+
+
+def _series_trigger(name: str, event: str, row: str, sign: str, when: str) -> str:
+    # not INSERT OR IGNORE: the conflict clause of the statement that fires a trigger
+    # (an upsert's) overrides the one inside it
+    create_row = (
+        f"INSERT INTO collection_totals (collection_id) SELECT {row}.collection_id "
+        "WHERE NOT EXISTS (SELECT 1 FROM collection_totals "
+        f"WHERE collection_id = {row}.collection_id);"
+        if sign == "+"
+        else ""
+    )
+    return f"""
+CREATE TRIGGER totals_series_{name} AFTER {event} ON series
+WHEN {row}.selected = 1 AND {when}
+BEGIN
+    {create_row}
+    UPDATE collection_totals SET {_series_deltas(row, sign)}
+        WHERE collection_id = {row}.collection_id;
+END;"""
+
+
+# an update changes what a series or an object counts for only when one of these differs
+_OBJECT_CHANGED = (
+    "(OLD.state IS NOT NEW.state OR OLD.size IS NOT NEW.size "
+    "OR OLD.crdc_series_uuid IS NOT NEW.crdc_series_uuid)"
+)
+_SERIES_CHANGED = (
+    "(OLD.selected IS NOT NEW.selected OR OLD.collection_id IS NOT NEW.collection_id "
+    "OR OLD.crdc_series_uuid IS NOT NEW.crdc_series_uuid "
+    "OR (OLD.state = 'complete') IS NOT (NEW.state = 'complete') "
+    "OR (OLD.state = 'failed') IS NOT (NEW.state = 'failed') "
+    "OR OLD.instance_count IS NOT NEW.instance_count "
+    "OR OLD.series_size_bytes IS NOT NEW.series_size_bytes)"
+)
+_OBJECT_UPDATE = "UPDATE OF state, size, crdc_series_uuid"
+_SERIES_UPDATE = (
+    "UPDATE OF selected, state, collection_id, crdc_series_uuid, instance_count, series_size_bytes"
+)
+
+_TOTALS_SCHEMA = (
+    """
+CREATE TABLE series_object_totals (
+    crdc_series_uuid  TEXT PRIMARY KEY,
+    files_done        INTEGER NOT NULL DEFAULT 0,
+    bytes_done        INTEGER NOT NULL DEFAULT 0,
+    files_failed      INTEGER NOT NULL DEFAULT 0,  -- failed or refused
+    files_quarantined INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE collection_totals (                   -- over selected series only
+    collection_id     TEXT PRIMARY KEY,
+    series_total      INTEGER NOT NULL DEFAULT 0,
+    series_complete   INTEGER NOT NULL DEFAULT 0,
+    series_failed     INTEGER NOT NULL DEFAULT 0,
+    files_expected    INTEGER NOT NULL DEFAULT 0,
+    bytes_expected    INTEGER NOT NULL DEFAULT 0,
+    files_done        INTEGER NOT NULL DEFAULT 0,
+    bytes_done        INTEGER NOT NULL DEFAULT 0,
+    files_failed      INTEGER NOT NULL DEFAULT 0,
+    files_quarantined INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+-- a row for every series, made with it, so object triggers only ever update
+INSERT INTO series_object_totals
+    SELECT s.crdc_series_uuid, COALESCE(o.files_done, 0), COALESCE(o.bytes_done, 0),
+        COALESCE(o.files_failed, 0), COALESCE(o.files_quarantined, 0)
+    FROM series AS s LEFT JOIN (
+        SELECT crdc_series_uuid, SUM(state = 'done') AS files_done,
+            SUM(CASE WHEN state = 'done' THEN size ELSE 0 END) AS bytes_done,
+            SUM(state IN ('failed', 'refused')) AS files_failed,
+            SUM(state = 'quarantined') AS files_quarantined
+        FROM object GROUP BY crdc_series_uuid) AS o
+    ON o.crdc_series_uuid = s.crdc_series_uuid;
+CREATE TRIGGER totals_series_register AFTER INSERT ON series
+BEGIN
+    INSERT INTO series_object_totals (crdc_series_uuid) SELECT NEW.crdc_series_uuid
+        WHERE NOT EXISTS (SELECT 1 FROM series_object_totals
+            WHERE crdc_series_uuid = NEW.crdc_series_uuid);
+END;
+INSERT INTO collection_totals
+    SELECT s.collection_id, COUNT(*), SUM(s.state = 'complete'), SUM(s.state = 'failed'),
+        COALESCE(SUM(s.instance_count), 0), COALESCE(SUM(s.series_size_bytes), 0),
+        COALESCE(SUM(t.files_done), 0), COALESCE(SUM(t.bytes_done), 0),
+        COALESCE(SUM(t.files_failed), 0), COALESCE(SUM(t.files_quarantined), 0)
+    FROM series AS s LEFT JOIN series_object_totals AS t
+        ON t.crdc_series_uuid = s.crdc_series_uuid
+    WHERE s.selected = 1 GROUP BY s.collection_id;
+-- holds only objects with a problem: recent_problems finds them without a full scan
+CREATE INDEX object_problems ON object (crdc_series_uuid)
+    WHERE state IN ('failed', 'quarantined', 'refused');
+"""
+    + _object_trigger("insert", "INSERT", "NEW", "+", "1")
+    + _object_trigger("delete", "DELETE", "OLD", "-", "1")
+    + _object_trigger("update_old", _OBJECT_UPDATE, "OLD", "-", _OBJECT_CHANGED)
+    + _object_trigger("update_new", _OBJECT_UPDATE, "NEW", "+", _OBJECT_CHANGED)
+    + _series_trigger("insert", "INSERT", "NEW", "+", "1")
+    + _series_trigger("delete", "DELETE", "OLD", "-", "1")
+    + _series_trigger("update_old", _SERIES_UPDATE, "OLD", "-", _SERIES_CHANGED)
+    + _series_trigger("update_new", _SERIES_UPDATE, "NEW", "+", _SERIES_CHANGED)
+)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from idc_sync.catalog import Catalog, Resolution
@@ -37,14 +38,22 @@ from idc_sync.retire import retire_unselected
 from idc_sync.sdnotify import Notifier
 from idc_sync.shard import select
 from idc_sync.statelock import StateLock
-from idc_sync.sync import STATE_DB, mirror_options, open_engine, resolved, selection_of
+from idc_sync.sync import (
+    STATE_DB,
+    mirror_options,
+    open_engine,
+    open_failover_engine,
+    resolved,
+    selection_of,
+)
 
 log = logging.getLogger("idc_sync.service")
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 
-# /status runs two aggregate queries; scrapes and dashboards share one answer this long.
+# /status reads the queue's running totals (one row per collection) and a few problems;
+# scrapes and dashboards still share one answer this long.
 STATUS_TTL = 2.0
 # A round stopped by a local failure (disk full) is retried after this long.
 LOCAL_RETRY_SECONDS = 300.0
@@ -194,9 +203,9 @@ class Daemon:
         totals = _Totals()
         problems: list[dict[str, Any]] = []
         if self._queue is not None:
-            for c in await self._queue.status_by_collection():
+            for c in await self._queue.collection_totals():
                 totals.add(c)
-            problems = [asdict(p) for p in await self._queue.problems(limit=20)]
+            problems = [asdict(p) for p in await self._queue.recent_problems(limit=20)]
         overall = totals.overall()
         self.metrics.set_queue(
             QueueDepth(overall["series_total"] - overall["series_complete"],
@@ -222,6 +231,8 @@ class Daemon:
             "overall": overall,
             "collections": totals.collections,
             "rate_bytes_per_second": rate,
+            # the cap the bandwidth schedule sets now; 0 is unlimited
+            "max_bytes_per_second": self.settings.bandwidth_schedule.cap_at(datetime.now()),
             "eta_seconds": overall["bytes_pending"] / rate if rate > 0 else None,
             "recent_errors": list(self._recent.entries)[-20:],
             "problems": problems,
@@ -344,13 +355,14 @@ class Daemon:
 
     async def _round(self) -> RunSummary:
         settings = self.settings
-        async with open_engine(settings) as engine:
+        async with open_engine(settings) as engine, open_failover_engine(settings) as other:
             self._mirror = Mirror(
                 self._require_queue(),
                 MeteredEngine(engine, self.metrics),
                 mirror_options(settings),
                 self.metrics,
                 observer=self.metrics,
+                failover=None if other is None else MeteredEngine(other, self.metrics),
             )
             if self._stop.is_set():
                 self._mirror.drain("shutdown")

@@ -17,9 +17,12 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 import pytest
+from pydantic import BaseModel
 
 from idc_sync.config import ENV_PREFIX, Settings, load_settings
 from tests.support import dataset
@@ -227,7 +230,7 @@ def test_example_config_loads_and_matches_the_unit() -> None:
 def test_every_commented_out_example_setting_is_valid(tmp_path: Path) -> None:
     """Uncommenting any of the example's `# key = value` lines (and `# [table]` headers)
     gives a config that still loads: no misspelt key, no key under the wrong table."""
-    setting = re.compile(r"^# ((\[[a-z_]+\])|([a-z_]+ = .*))$")
+    setting = re.compile(r"^# ((\[\[?[a-z_]+\]\]?)|([a-z_]+ = .*))$")
     lines = EXAMPLE_CONFIG.read_text().splitlines()
     uncommented = [line[2:] if setting.match(line) else line for line in lines]
     assert uncommented != lines
@@ -238,9 +241,47 @@ def test_every_commented_out_example_setting_is_valid(tmp_path: Path) -> None:
     assert settings.licenses.exclude == ["CC BY-NC*"]
     assert settings.endpoints.aws == Settings().endpoints.aws
     tuning = ("concurrency", "series_concurrency", "max_attempts", "max_integrity_attempts",
-              "lease_seconds", "log_level")  # fmt: skip
+              "lease_seconds", "log_level", "log_format", "retired", "replan_interval",
+              "drain_seconds", "max_bytes_per_second", "http", "failover", "engine")  # fmt: skip
     # "shown with the defaults": they are the defaults
     assert {k: getattr(settings, k) for k in tuning} == {k: getattr(Settings(), k) for k in tuning}
+    assert settings.retired_path == settings.state_path / "retired"
+    assert settings.provenance_path == settings.state_path / "provenance.csv"
+    assert settings.shard == "0/4"
+    assert settings.bandwidth_schedule.cap_at(datetime(2026, 1, 1, 23, 0)) == 0
+
+
+def _keys_of(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every TOML key a settings model reads, nested tables as ``table.key``."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        keys.append(key)
+        inner = field.annotation
+        for candidate in (inner, *typing.get_args(inner)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                keys.extend(_keys_of(candidate, key + "."))
+    return keys
+
+
+def test_example_config_describes_every_setting() -> None:
+    """Each key Settings reads (derived from the model, so a new one is caught) appears in
+    the example as a key line, set or commented out, under its own table header."""
+    text = EXAMPLE_CONFIG.read_text()
+    table = ""
+    seen: set[str] = set()
+    for line in text.splitlines():
+        bare = line.removeprefix("#").strip()
+        header = re.fullmatch(r"\[\[?([a-z_]+)\]\]?", bare)
+        if header:
+            table = header.group(1) + "."
+            seen.add(header.group(1))
+            continue
+        key = re.match(r"([a-z_]+) = ", bare)
+        if key:
+            seen.add(table + key.group(1))
+    missing = [key for key in _keys_of(Settings) if key not in seen]
+    assert not missing, f"{EXAMPLE_CONFIG.name} does not mention: {', '.join(missing)}"
 
 
 _LAUNCHER = """
