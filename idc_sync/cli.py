@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import uvloop
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -100,6 +101,8 @@ def settings_options(function: F) -> F:
         click.option("--dir-template", help="Layout, e.g. '%collection_id/%SeriesInstanceUID'."),
         click.option("--concurrency", type=int, help="Objects in flight."),
         click.option("--series-concurrency", type=int, help="Series worked on at once."),
+        click.option("--engine", type=click.Choice(["native", "s5cmd"]),
+                     help="Transfer engine (s5cmd: batches fetched by s5cmd, verified by us)."),
         click.option("--strict/--no-strict", default=None,
                      help="Fail when the selection names things the IDC release lacks."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
@@ -127,7 +130,8 @@ def _load(config_file: Path | None, endpoint: str | None = None, **flags: Any) -
 def _run(job: Callable[[], Any]) -> Any:
     """Run a job, turning our errors into messages and exit codes."""
     try:
-        return asyncio.run(job())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(job())
     except ConfigurationError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_CONFIG)

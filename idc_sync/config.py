@@ -8,7 +8,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -16,6 +23,7 @@ from idc_sync.errors import ConfigurationError
 from idc_sync.layout import DEFAULT_TEMPLATE
 from idc_sync.model import Source
 from idc_sync.policy import LicensePolicy
+from idc_sync.schedule import BandwidthSchedule, Window, parse_clock
 from idc_sync.shard import Shard
 
 ENV_PREFIX = "IDC_SYNC_"
@@ -66,6 +74,31 @@ class HttpSettings(BaseModel):
         return value.strip()
 
 
+class BandwidthWindow(BaseModel):
+    """A ``[[bandwidth]]`` table: from ``from`` (included) to ``to`` (excluded), local time
+    HH:MM, crossing midnight when ``to`` is earlier, transfers share ``max_bytes_per_second``
+    (0 = unlimited) instead of the top-level cap."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    start: str = Field(alias="from")
+    end: str = Field(alias="to")
+    max_bytes_per_second: int = Field(ge=0)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        return f"{parse_clock(value):%H:%M}"
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> BandwidthWindow:
+        self.window()
+        return self
+
+    def window(self) -> Window:
+        return Window(parse_clock(self.start), parse_clock(self.end), self.max_bytes_per_second)
+
+
 class Settings(BaseSettings):
     """Every setting idc-sync reads; field names are the TOML keys."""
 
@@ -90,11 +123,16 @@ class Settings(BaseSettings):
 
     licenses: Licenses = Field(default_factory=Licenses)
 
-    concurrency: int = Field(default=64, ge=1, le=1024)
-    series_concurrency: int = Field(default=8, ge=1, le=256)
+    concurrency: int = Field(default=128, ge=1, le=1024)
+    series_concurrency: int = Field(default=32, ge=1, le=256)
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_integrity_attempts: int = Field(default=3, ge=1, le=20)
+    # an object or listing that fails for good on `source` is fetched from the other cloud
+    # (aws <-> gcs) and verified against the same checksum
+    failover: bool = False
     lease_seconds: float = Field(default=600.0, gt=0)
+    # "s5cmd": batches of objects fetched by the s5cmd program, every file verified by us
+    engine: Literal["native", "s5cmd"] = "native"
     # series that leave the selection or the IDC release: move (default), keep or delete
     retired: Literal["move", "keep", "delete"] = "move"
     retired_dir: Path | None = None
@@ -110,6 +148,24 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     # "K/N": mirror only the series whose crdc_series_uuid hashes to K of N (see shard.py)
     shard: str | None = None
+
+    # Bandwidth cap over all transfers, bytes per second (0 = unlimited); [[bandwidth]]
+    # windows of local time override it (see schedule.py).
+    max_bytes_per_second: int = Field(default=0, ge=0)
+    bandwidth: list[BandwidthWindow] = Field(default_factory=list)
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _windows_apart(cls, value: list[BandwidthWindow]) -> list[BandwidthWindow]:
+        BandwidthSchedule(windows=tuple(w.window() for w in value))  # raises on overlap
+        return value
+
+    @model_validator(mode="after")
+    def _cap_needs_native_engine(self) -> Settings:
+        # s5cmd moves the bytes itself: a cap it cannot honour must not pass silently
+        if self.engine != "native" and not self.bandwidth_schedule.always_unlimited:
+            raise ValueError('max_bytes_per_second and [[bandwidth]] caps need engine = "native"')
+        return self
 
     @field_validator("shard")
     @classmethod
@@ -158,6 +214,12 @@ class Settings(BaseSettings):
     @property
     def series_shard(self) -> Shard | None:
         return None if self.shard is None else Shard.parse(self.shard)
+
+    @property
+    def bandwidth_schedule(self) -> BandwidthSchedule:
+        return BandwidthSchedule(
+            self.max_bytes_per_second, tuple(w.window() for w in self.bandwidth)
+        )
 
     @property
     def license_policy(self) -> LicensePolicy:

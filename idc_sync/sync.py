@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from idc_sync.bandwidth import BandwidthThrottle
 from idc_sync.catalog import Catalog, Resolution, Selection
 from idc_sync.config import Settings
 from idc_sync.errors import SelectionError
@@ -23,6 +24,8 @@ from idc_sync.queue import CollectionStatus, Problem, Queue, SeriesPlacement
 from idc_sync.releases import PlanDifference
 from idc_sync.retire import RetireSummary, retire_unselected
 from idc_sync.retry import RetryPolicy
+from idc_sync.routing import other_source
+from idc_sync.s5cmd_engine import S5cmdEngine
 from idc_sync.shard import select
 from idc_sync.statelock import StateLock
 from idc_sync.transfer import Engine, NativeEngine
@@ -200,10 +203,31 @@ def mirror_options(settings: Settings) -> MirrorOptions:
 
 def open_engine(settings: Settings) -> AbstractAsyncContextManager[Engine]:
     """The transfer engine the settings ask for, as ``async with open_engine(s) as engine``."""
+    if settings.engine == "s5cmd":
+        return S5cmdEngine(
+            settings.endpoint,
+            concurrency=settings.concurrency,
+            pin_etag=settings.source == "aws",
+        )
     return NativeEngine(
         settings.endpoint,
         concurrency=settings.concurrency,
         pin_etag=settings.source == "aws",
+        throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
+    )
+
+
+def open_failover_engine(settings: Settings) -> AbstractAsyncContextManager[Engine | None]:
+    """With ``failover = true``, a native engine for the other cloud; else None. It does
+    not pin If-Match: its bytes are verified against the checksum the source listed."""
+    if not settings.failover:
+        return nullcontext(None)
+    other = other_source(settings.source)
+    return NativeEngine(
+        settings.endpoints.aws if other == "aws" else settings.endpoints.gcs,
+        concurrency=settings.concurrency,
+        pin_etag=False,
+        throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
     )
 
 
@@ -226,8 +250,9 @@ async def _fetch(
         sum(c.files_done for c in before),
         sum(c.bytes_done for c in before),
     )
-    async with open_engine(settings) as engine:
-        summary = await Mirror(queue, engine, mirror_options(settings), sink).run()
+    async with open_engine(settings) as engine, open_failover_engine(settings) as failover:
+        mirror = Mirror(queue, engine, mirror_options(settings), sink, failover=failover)
+        summary = await mirror.run()
     report = SyncReport(release, tally, unknown, summary)
     report.retired = await retire_unselected(queue, settings.retired, settings.retired_path)
     report.provenance_rows = await write_provenance(queue, settings.provenance_path)
@@ -267,7 +292,7 @@ async def status(settings: Settings) -> StatusReport:
     state_db = settings.state_path / STATE_DB
     async with await Queue.open(state_db, create=False) as queue:
         return StatusReport(
-            state_db, await queue.status_by_collection(), await queue.problems(limit=100)
+            state_db, await queue.collection_totals(), await queue.problems(limit=100)
         )
 
 

@@ -27,7 +27,7 @@ dir_template = "%collection_id/%PatientID/%StudyInstanceUID/%Modality_%SeriesIns
 collections = ["qin_pet_phantom"]
 series = []
 manifests = []
-concurrency = 64
+concurrency = 128
 
 [endpoints]
 aws = "https://s3.amazonaws.com"
@@ -72,7 +72,8 @@ def test_the_readme_example_loads_as_written(tmp_path: Path) -> None:
     )
     assert settings.collections == ["qin_pet_phantom"]
     assert (settings.series, settings.manifests) == ([], [])
-    assert settings.concurrency == 64
+    assert settings.concurrency == 128
+    assert settings.series_concurrency == 32
     policy = settings.license_policy
     assert policy.exclude == ("CC BY-NC*",)
     assert not policy.decide("CC BY-NC 4.0", settings.mirror_root).admitted
