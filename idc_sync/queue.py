@@ -207,6 +207,16 @@ def _object_row(row: sqlite3.Row | tuple[Any, ...]) -> ObjectRow:
     return ObjectRow(key, uuid, size, etag, Path(path), state, attempts, last_error)
 
 
+def _collection_status(row: Sequence[Any]) -> CollectionStatus:
+    """A CollectionStatus from the ten columns both status queries select, in field order."""
+    return CollectionStatus(
+        collection_id=row[0], series_total=int(row[1]), series_complete=int(row[2]),
+        files_expected=int(row[3]), bytes_expected=int(row[4]),
+        series_failed=int(row[5]), files_done=int(row[6]), bytes_done=int(row[7]),
+        files_failed=int(row[8]), files_quarantined=int(row[9]),
+    )  # fmt: skip
+
+
 class Queue:
     """The SQLite queue of one state directory."""
 
@@ -537,15 +547,7 @@ class Queue:
             "ON o.crdc_series_uuid = s.crdc_series_uuid "
             "WHERE s.selected = 1 GROUP BY s.collection_id ORDER BY s.collection_id"
         )
-        return [
-            CollectionStatus(
-                collection_id=row[0], series_total=int(row[1]), series_complete=int(row[2]),
-                files_expected=int(row[3]), bytes_expected=int(row[4]),
-                series_failed=int(row[5]), files_done=int(row[6]), bytes_done=int(row[7]),
-                files_failed=int(row[8]), files_quarantined=int(row[9]),
-            )
-            for row in await cursor.fetchall()
-        ]  # fmt: skip
+        return [_collection_status(row) for row in await cursor.fetchall()]
 
     async def collection_totals(self) -> list[CollectionStatus]:
         """What ``status_by_collection`` counts, read from the running totals: one row per
@@ -556,15 +558,7 @@ class Queue:
             "files_quarantined FROM collection_totals WHERE series_total > 0 "
             "ORDER BY collection_id"
         )
-        return [
-            CollectionStatus(
-                collection_id=row[0], series_total=int(row[1]), series_complete=int(row[2]),
-                files_expected=int(row[3]), bytes_expected=int(row[4]),
-                series_failed=int(row[5]), files_done=int(row[6]), bytes_done=int(row[7]),
-                files_failed=int(row[8]), files_quarantined=int(row[9]),
-            )
-            for row in await cursor.fetchall()
-        ]  # fmt: skip
+        return [_collection_status(row) for row in await cursor.fetchall()]
 
     async def recent_problems(self, limit: int = 20) -> list[Problem]:
         """What ``problems`` reports, found through the index of problem objects and the
