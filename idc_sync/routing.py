@@ -3,6 +3,7 @@ the GCS XML API and any local S3-compatible server; no I/O."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 from urllib.parse import SplitResult, quote, urlsplit
@@ -88,6 +89,7 @@ def _check_bucket(bucket: str) -> None:
         raise PermanentError(f"{bucket!r} is not a valid bucket name")
 
 
+@functools.lru_cache(maxsize=1024)
 def _bucket_base(endpoint: str, bucket: str) -> tuple[str, AddressingStyle]:
     """The bucket's URL without a trailing slash, and the style it was built in.
 

@@ -69,7 +69,7 @@ class TempFile:
             raise local_error(error, "cannot open", path) from error
         return temp
 
-    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+    def write_at(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         assert self._fd is not None
         view = memoryview(data)
         try:
