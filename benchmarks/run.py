@@ -16,6 +16,7 @@ CPU, peak RSS. nginx's CPU during each run is read from /proc and reported besid
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import hashlib
 import json
@@ -552,6 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     names = args.workload or ["small", "ct", "large"]
+    if "all" in names:
+        names = ["small", "ct", "large", "scale"]
+    # pip compiles an installed package's bytecode; an editable checkout under
+    # PYTHONDONTWRITEBYTECODE (set on this machine) would compile idc_sync on every start
+    compileall.compile_dir(REPO / "idc_sync", quiet=1)
     tools = [t for t in args.tools.split(",") if t]
     unknown = set(tools) - set(TOOLS)
     if unknown:
