@@ -11,12 +11,13 @@ import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
-
 from idc_sync import __version__
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # (license_short_name, source_DOI, series), as the queue lists them: ordered by license.
 CitedRow = tuple[str | None, str | None, int]
@@ -100,6 +101,8 @@ async def resolve(
     """Ask the DOI resolver for each DOI in ``citation_format`` (content negotiation,
     redirects followed). After a connection failure the remaining DOIs are not tried,
     so an offline machine answers at once instead of timing out per DOI."""
+    import aiohttp  # only this command talks to doi.org: other commands skip the import
+
     accept = accept_type(citation_format)
     citations: dict[str, str] = {}
     failures: dict[str, str] = {}

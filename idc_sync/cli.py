@@ -48,7 +48,6 @@ from idc_sync.citations import (
 )
 from idc_sync.config import Settings, load_settings
 from idc_sync.errors import ConfigurationError, IdcSyncError, StateError
-from idc_sync.httpapi import url_of
 from idc_sync.logs import configure as configure_logging
 from idc_sync.mirror import ProgressSink
 from idc_sync.operator import VerifyReport, retry_failed, verify
@@ -355,6 +354,8 @@ def _daemon_status(settings: Settings) -> dict[str, Any] | None:
     """The /status of a daemon serving this state directory, or None when none answers."""
     if not settings.http.listen:
         return None
+    from idc_sync.httpapi import url_of  # aiohttp.web: only for serve/health
+
     url = url_of(settings.http.listen, "/status")  # always http://host:port
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310
@@ -408,6 +409,8 @@ def health_command(config_file: Path | None, listen: str | None, timeout: float)
         stderr.print("[bold red]error:[/] http.listen is empty: the daemon serves no HTTP")
         sys.exit(EXIT_CONFIG)
     try:
+        from idc_sync.httpapi import url_of  # aiohttp.web: only for serve/health
+
         url = url_of(address, "/healthz")
         with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 - http only
             healthy = reply.status == 200

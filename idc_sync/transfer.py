@@ -1,6 +1,6 @@
-"""The native transfer engine: anonymous ListObjectsV2 as plain unsigned HTTP through aiohttp,
-object GETs through the leaner httpget.py (most of the requests of a run); large objects as
-parallel ranged GETs on worker threads (ranged.py).
+"""The native transfer engine: anonymous ListObjectsV2 and object GETs as plain unsigned HTTP
+through httpget.py (HEADs, a few per run, through aiohttp); large objects as parallel ranged
+GETs on worker threads (ranged.py).
 
 An engine has a small surface (``list_series``, ``part_size``, ``fetch``) so another one
 (s5cmd) can stand behind the same interface. ``fetch`` ends with ``settle``: the verdict
@@ -17,9 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlencode
 
 from idc_sync import __version__
 from idc_sync.errors import (
@@ -47,10 +46,15 @@ from idc_sync.verify import (
     verdict,
 )
 
+if TYPE_CHECKING:
+    import aiohttp
+
 USER_AGENT = f"idc-sync/{__version__}"
 # Bodies up to this size are read whole on the event loop and stored with one thread hop;
 # larger ones are fetched as parallel ranged GETs on worker threads (ranged.py).
 SMALL_OBJECT = 8 << 20
+# A ListObjectsV2 page of 1,000 keys is ~300 kB; a larger one is not a listing.
+LIST_PAGE = 16 << 20
 RANGE_BYTES = 32 << 20
 RANGE_STREAMS = 4  # ranges of one object in flight at once
 RANGE_THREADS = 16  # range workers shared by every large object
@@ -163,22 +167,27 @@ class NativeEngine:
                 read_timeout=self._read_timeout,
             )
         )
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency + 8, limit_per_host=0, ttl_dns_cache=300
-        )
-        self._http = await self._stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self._connect_timeout, sock_read=self._read_timeout
-                ),
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,
-                # Public buckets: never send credentials, never read them from the environment.
-                trust_env=False,
-            )
-        )
         return self
+
+    async def _head_session(self) -> aiohttp.ClientSession:
+        """aiohttp for the few HEADs a run sends (multipart part sizes): httpget.py reads
+        bodies, and a HEAD has none. Started on first use, so most runs never import it."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = await self._stack.enter_async_context(
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._connect_timeout, sock_read=self._read_timeout
+                    ),
+                    headers={"User-Agent": USER_AGENT},
+                    auto_decompress=False,
+                    # Public buckets: never send credentials, never read them from the
+                    # environment.
+                    trust_env=False,
+                )
+            )
+        return self._http
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -186,7 +195,7 @@ class NativeEngine:
     async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
         """Every object under ``<crdc_series_uuid>/``, across all pages (ListObjectsV2 as
         plain unsigned HTTP: a tenth of botocore's CPU per page, see README)."""
-        assert self._http is not None
+        assert self._getter is not None
         prefix = f"{crdc_series_uuid}/"
         url = bucket_url(self._endpoint, bucket)
         found: list[ListedObject] = []
@@ -195,11 +204,14 @@ class NativeEngine:
             params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
             if token is not None:
                 params["continuation-token"] = token
-            async with (
-                self._pace,
-                self._http.get(url, params=params, allow_redirects=False) as response,
-            ):
-                body = await response.read()
+            async with self._pace:
+                try:
+                    response = await self._getter.get(f"{url}?{urlencode(params)}", {}, LIST_PAGE)
+                except BodyTooLarge:
+                    raise RetryableError(
+                        f"LIST {bucket}/{prefix}: page over {LIST_PAGE} bytes"
+                    ) from None
+                body = response.body
                 if response.status != 200:
                     match = _ERROR_CODE.search(body[:4096])
                     code = match.group(1).decode() if match else None
@@ -215,9 +227,9 @@ class NativeEngine:
 
     async def part_size(self, bucket: str, key: str) -> int:
         """Size of part 1 of a multipart object, which fixes the part size for its ETag."""
-        assert self._http is not None
         url = object_url(self._endpoint, bucket, key) + "?partNumber=1"
-        async with self._pace, self._http.head(url, allow_redirects=False) as response:
+        http = await self._head_session()
+        async with self._pace, http.head(url, allow_redirects=False) as response:
             if response.status not in (200, 206):
                 raise self._refused(response.status, None, "HEAD part 1")
             if response.content_length is None:
@@ -225,7 +237,6 @@ class NativeEngine:
             return response.content_length
 
     async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
-        assert self._http is not None
         headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
         url = object_url(self._endpoint, job.bucket, job.key)
         if job.expected.size > self._small_object:
