@@ -28,7 +28,7 @@ from idc_sync.errors import (
     PermanentError,
     RetryableError,
 )
-from idc_sync.httpget import BodyTooLarge, HttpGetter
+from idc_sync.httpget import BodyTooLarge, HttpGetter, Response
 from idc_sync.listing import parse_list_page
 from idc_sync.model import ListedObject
 from idc_sync.pacing import AdaptiveLimit
@@ -213,9 +213,7 @@ class NativeEngine:
                     ) from None
                 body = response.body
                 if response.status != 200:
-                    match = _ERROR_CODE.search(body[:4096])
-                    code = match.group(1).decode() if match else None
-                    raise self._refused(response.status, code, f"LIST {bucket}/{prefix}")
+                    raise self._refused_answer(response, f"LIST {bucket}/{prefix}")
                 self._pace.succeeded()
             page = parse_list_page(body)
             found.extend(page.objects)
@@ -252,9 +250,7 @@ class NativeEngine:
                     f"server sends {sent} bytes, listing said {job.expected.size}"
                 ) from None
             if response.status != 200:
-                match = _ERROR_CODE.search(response.body[:4096])
-                code = match.group(1).decode() if match else None
-                raise self._refused(response.status, code, "GET")
+                raise self._refused_answer(response, "GET")
             body = response.body
             if len(body) != job.expected.size:
                 raise IntegrityError(
@@ -275,6 +271,12 @@ class NativeEngine:
     def pace(self) -> AdaptiveLimit:
         """The adaptive limit on requests in flight (metrics and tests read it)."""
         return self._pace
+
+    def _refused_answer(self, response: Response, what: str) -> Exception:
+        """The error for a non-200 answer, with the S3 error code its XML body names."""
+        match = _ERROR_CODE.search(response.body[:4096])
+        code = match.group(1).decode() if match else None
+        return self._refused(response.status, code, what)
 
     def _refused(self, status: int, code: str | None, what: str) -> Exception:
         """The error for a non-success answer; SlowDown, 503 and 429 also halve the number
