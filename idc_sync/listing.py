@@ -24,7 +24,7 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_list_page(body: bytes | bytearray) -> ListPage:
+def parse_list_page(body: bytes | bytearray | memoryview) -> ListPage:
     """The objects of one page and the continuation token of the next, if any.
 
     A page that is not a ListBucketResult, an entry without a key or with a size that is

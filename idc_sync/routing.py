@@ -22,6 +22,9 @@ _AWS_S3_HOST_RE = re.compile(r"s3(?:\.[a-z0-9-]+)?\.amazonaws\.com")
 # (the certificate covers *.s3.amazonaws.com only) and are sent path style instead.
 _DNS_LABEL_BUCKET_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]")
 
+# Keys quote() would leave unchanged segment by segment ('/' separates segments).
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.~/-]+")
+
 # S3 and GCS bucket names: lowercase letters, digits, '.', '-', '_' (GCS), 3-222 characters.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
@@ -123,9 +126,12 @@ def object_url(endpoint: str, bucket: str, key: str) -> str:
     segments = key.split("/")
     if key == "" or any(segment in (".", "..") for segment in segments):
         raise PermanentError(f"object key {key!r} cannot be addressed by URL")
-    try:
-        encoded = "/".join(quote(segment, safe="", errors="strict") for segment in segments)
-    except UnicodeEncodeError as error:
-        raise PermanentError(f"object key {key!r} is not valid Unicode") from error
+    if _PLAIN_KEY_RE.fullmatch(key) is not None:
+        encoded = key  # IDC's own keys (<uuid>/<uuid>.dcm): nothing to encode
+    else:
+        try:
+            encoded = "/".join(quote(segment, safe="", errors="strict") for segment in segments)
+        except UnicodeEncodeError as error:
+            raise PermanentError(f"object key {key!r} is not valid Unicode") from error
     base, _ = _bucket_base(endpoint, bucket)
     return f"{base}/{encoded}"

@@ -29,6 +29,7 @@ from idc_sync.errors import (
     RetryableError,
 )
 from idc_sync.httpget import BodyTooLarge, HttpGetter, Response
+from idc_sync.lanes import Lane, report
 from idc_sync.listing import parse_list_page
 from idc_sync.model import ListedObject
 from idc_sync.pacing import AdaptiveLimit
@@ -137,8 +138,8 @@ class NativeEngine:
         self._range_streams = range_streams
         self._ranges: ThreadPoolExecutor | None = None
         self._followers: ThreadPoolExecutor | None = None
-        self._storage: ThreadPoolExecutor | None = None
-        self._commits: ThreadPoolExecutor | None = None
+        self._storage: Lane | None = None
+        self._commits: Lane | None = None
         self._pace = AdaptiveLimit(concurrency + 8, floor=min(4, concurrency))
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -150,14 +151,10 @@ class NativeEngine:
         self._ranges = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="idc-sync-range")
         # one follower per large object in flight, never waiting behind range workers
         self._followers = ThreadPoolExecutor(self._concurrency, thread_name_prefix="idc-sync-hash")
-        self._storage = ThreadPoolExecutor(
-            min(self._concurrency, FILL_THREADS), thread_name_prefix="idc-sync-fill"
-        )
-        self._commits = ThreadPoolExecutor(
-            min(self._concurrency, COMMIT_THREADS), thread_name_prefix="idc-sync-commit"
-        )
-        self._stack.callback(self._commits.shutdown, wait=True)
-        self._stack.callback(self._storage.shutdown, wait=True)
+        self._storage = Lane(min(self._concurrency, FILL_THREADS), "idc-sync-fill")
+        self._commits = Lane(min(self._concurrency, COMMIT_THREADS), "idc-sync-commit")
+        self._stack.callback(self._commits.close)
+        self._stack.callback(self._storage.close)
         self._stack.callback(self._followers.shutdown, wait=False, cancel_futures=True)
         self._stack.callback(self._ranges.shutdown, wait=False, cancel_futures=True)
         self._getter = await self._stack.enter_async_context(
@@ -242,7 +239,7 @@ class NativeEngine:
         assert self._getter is not None
         async with self._pace:
             try:
-                response = await self._getter.get(url, headers, job.expected.size)
+                response = await self._getter.get(url, headers, job.expected.size, borrow=True)
             except BodyTooLarge as error:
                 # Same key, other size: the object changed after we listed it.
                 sent = "more" if error.announced is None else str(error.announced)
@@ -264,8 +261,7 @@ class NativeEngine:
         on_bytes(len(body))
         if self._throttle is not None:
             await self._throttle.take(len(body))
-        temp = await self._store(_fill, job, hasher, body)
-        return await self._commit(settle, temp, job, hasher.digests(), goog)
+        return await self._fill_and_settle(job, hasher, body, goog)
 
     @property
     def pace(self) -> AdaptiveLimit:
@@ -287,11 +283,50 @@ class NativeEngine:
 
     async def _store(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking file work on the engine's storage threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._storage, function, *args)
+        assert self._storage is not None
+        return await self._storage.run(function, *args)
 
     async def _commit(self, function: Callable[..., T], *args: Any) -> T:
         """Run work that waits on the disk (fsync, rename) on the commit threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._commits, function, *args)
+        assert self._commits is not None
+        return await self._commits.run(function, *args)
+
+    def _fill_and_settle(
+        self,
+        job: FetchJob,
+        hasher: Any,
+        body: bytes | bytearray | memoryview,
+        goog: GoogHash | None,
+    ) -> asyncio.Future[Verdict]:
+        """A whole body into place: a storage thread creates, hashes and writes the temp
+        file, then hands it straight to a commit thread to verify, fsync and rename; the
+        event loop is woken once, with the verdict."""
+        storage, commits, getter = self._storage, self._commits, self._getter
+        assert storage is not None
+        assert commits is not None
+        assert getter is not None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Verdict] = loop.create_future()
+
+        def fill() -> None:
+            try:
+                temp = _fill(job, hasher, body)
+            except BaseException as error:
+                report(loop, done, None, error)
+                return
+            getter.give_back(body)  # written and hashed: the next response may have it
+            commits.submit(lambda: commit(temp))
+
+        def commit(temp: TempFile) -> None:
+            try:
+                result = settle(temp, job, hasher.digests(), goog)
+            except BaseException as error:
+                report(loop, done, None, error)
+            else:
+                report(loop, done, result, None)
+
+        storage.submit(fill)
+        return done
 
     async def _fetch_ranged(
         self, job: FetchJob, url: str, headers: dict[str, str], on_bytes: ProgressCallback
@@ -351,7 +386,7 @@ def settle(temp: TempFile, job: FetchJob, digests: Digests, goog: GoogHash | Non
     return result
 
 
-def _fill(job: FetchJob, hasher: Any, body: bytes | bytearray) -> TempFile:
+def _fill(job: FetchJob, hasher: Any, body: bytes | bytearray | memoryview) -> TempFile:
     """A temp file holding ``body``, hashed on the way. Blocking."""
     temp = TempFile(job.final)
     try:

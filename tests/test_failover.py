@@ -104,7 +104,7 @@ def test_objects_the_source_never_serves_come_from_the_other_cloud_byte_identica
     # which cloud served a file is recorded with the reason, for those two only
     assert found[broken][2].startswith("served by gcs; aws: 2 attempts: GET: HTTP 500")
     assert found[corrupt][2].startswith("served by gcs; aws: 2 attempts: md5 (ETag) mismatch")
-    assert [k for k, (_, _, note) in found.items() if note] == sorted([broken, corrupt])
+    assert sorted(k for k, (_, _, note) in found.items() if note) == sorted([broken, corrupt])
 
 
 def test_a_series_whose_listing_fails_is_listed_and_fetched_on_the_other_cloud(

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from idc_sync.errors import RetryableError
-from idc_sync.httpget import BodyTooLarge, HttpGetter
+from idc_sync.httpget import BUFFER_STEP, BodyTooLarge, BufferPool, HttpGetter
 from tests.support.s3server import S3TestServer
 
 Script = Callable[[bytes, int], list[bytes | float | None]]
@@ -253,3 +253,64 @@ def test_unreachable_server_is_retryable() -> None:
             await getter.get(f"http://127.0.0.1:{port}/b/k", {}, 10)
 
     run(body)
+
+
+def test_borrowed_bodies_reuse_a_buffer_and_never_show_an_earlier_body() -> None:
+    """A borrowed body lives in a pooled buffer rounded up to BUFFER_STEP; handed back, the
+    next body of that size class lands in the same buffer, and reads exactly its own bytes
+    whether it arrived with the headers or straight into the buffer."""
+    first, second = b"a" * 100_000, b"b" * 70_000  # one size class; second spans one read
+    small = b"c" * 1_000  # arrives with the headers
+    answers = [first, second, small]
+
+    async def body(getter: HttpGetter) -> None:
+        async with ScriptedServer(lambda request, n: [ok(answers[n - 1])]) as server:
+            one = await getter.get(f"{server.url}/b/1", {}, len(first), borrow=True)
+            assert isinstance(one.body, memoryview)
+            assert one.body == first
+            buffer = one.body.obj
+            assert isinstance(buffer, bytearray)
+            assert len(buffer) == 2 * BUFFER_STEP
+            getter.give_back(one.body)
+            two = await getter.get(f"{server.url}/b/2", {}, len(second), borrow=True)
+            assert isinstance(two.body, memoryview)
+            assert two.body.obj is buffer  # reused, not allocated again
+            assert bytes(two.body) == second
+            three = await getter.get(f"{server.url}/b/3", {}, len(small), borrow=True)
+            assert isinstance(three.body, memoryview)
+            assert bytes(three.body) == small
+            assert three.body.obj is not buffer  # the first buffer is still lent out
+            assert server.connections == 1
+
+    run(body)
+
+
+def test_unborrowed_bodies_are_their_own_and_give_back_ignores_them() -> None:
+    async def body(getter: HttpGetter) -> None:
+        async with ScriptedServer(lambda request, n: [ok(b"z" * BUFFER_STEP)]) as server:
+            one = await getter.get(f"{server.url}/b/1", {}, BUFFER_STEP)
+            assert isinstance(one.body, bytearray)
+            getter.give_back(one.body)
+            two = await getter.get(f"{server.url}/b/2", {}, BUFFER_STEP, borrow=True)
+            assert isinstance(two.body, memoryview)
+            assert two.body.obj is not one.body
+            assert one.body == b"z" * BUFFER_STEP
+
+    run(body)
+
+
+def test_buffer_pool_rounds_up_and_keeps_at_most_its_budget() -> None:
+    pool = BufferPool(max_bytes=3 * BUFFER_STEP)
+    assert len(pool.take(0)) == BUFFER_STEP
+    assert len(pool.take(BUFFER_STEP + 1)) == 2 * BUFFER_STEP
+    a, b = pool.take(BUFFER_STEP), pool.take(2 * BUFFER_STEP)
+    pool.give(a)
+    pool.give(b)
+    assert pool.idle_bytes == 3 * BUFFER_STEP
+    pool.give(bytearray(BUFFER_STEP))  # over budget: dropped
+    pool.give(bytearray(100))  # not a pool size: dropped
+    assert pool.idle_bytes == 3 * BUFFER_STEP
+    assert pool.take(2 * BUFFER_STEP) is b
+    assert pool.take(BUFFER_STEP) is a
+    assert pool.idle_bytes == 0
+    assert pool.take(BUFFER_STEP) is not a
