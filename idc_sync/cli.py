@@ -9,6 +9,7 @@ failed (the summary says which and why); 2 bad configuration, manifest or select
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -128,6 +129,9 @@ def _load(config_file: Path | None, endpoint: str | None = None, **flags: Any) -
 
 def _run(job: Callable[[], Any]) -> Any:
     """Run a job, turning our errors into messages and exit codes."""
+    # What is loaded by now (modules, settings) lives as long as the process: leave it
+    # out of the collector's full scans, which otherwise walk it again and again.
+    gc.freeze()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(job())
