@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 Job = Callable[[], None]
 
@@ -52,16 +56,7 @@ class Lane:
         """``function(*args)`` on a lane thread, as a future of the running loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-
-        def job() -> None:
-            try:
-                result = function(*args)
-            except BaseException as error:
-                report(loop, future, None, error)
-            else:
-                report(loop, future, result, None)
-
-        self.submit(job)
+        self.submit(functools.partial(answer, loop, future, function, *args))
         return future
 
     def close(self) -> None:
@@ -76,7 +71,28 @@ class Lane:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            job()
+            try:
+                job()
+            except BaseException:
+                # jobs report their own errors; one that escapes is a bug, and must not
+                # take the thread (and every job queued behind it) down with it
+                log.exception("a storage job failed without reporting it")
+
+
+def answer(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[T],
+    function: Callable[..., T],
+    *args: Any,
+) -> None:
+    """From a lane thread: run ``function(*args)`` and resolve ``future`` with its result
+    or its error."""
+    try:
+        result = function(*args)
+    except BaseException as error:
+        report(loop, future, None, error)
+    else:
+        report(loop, future, result, None)
 
 
 def report(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ from idc_sync.errors import (
     RetryableError,
 )
 from idc_sync.httpget import BodyTooLarge, HttpGetter, Response
-from idc_sync.lanes import Lane, report
+from idc_sync.lanes import Lane, answer, report
 from idc_sync.listing import parse_list_page
 from idc_sync.model import ListedObject
 from idc_sync.pacing import AdaptiveLimit
@@ -311,19 +312,12 @@ class NativeEngine:
         def fill() -> None:
             try:
                 temp = _fill(job, hasher, body)
+                digests = hasher.digests()
             except BaseException as error:
                 report(loop, done, None, error)
                 return
             getter.give_back(body)  # written and hashed: the next response may have it
-            commits.submit(lambda: commit(temp))
-
-        def commit(temp: TempFile) -> None:
-            try:
-                result = settle(temp, job, hasher.digests(), goog)
-            except BaseException as error:
-                report(loop, done, None, error)
-            else:
-                report(loop, done, result, None)
+            commits.submit(partial(answer, loop, done, settle, temp, job, digests, goog))
 
         storage.submit(fill)
         return done

@@ -91,3 +91,18 @@ def test_an_answer_for_a_closed_loop_is_dropped_quietly() -> None:
 def test_a_lane_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         Lane(0, "test")
+
+
+def test_a_job_that_raises_does_not_stop_its_thread(caplog: pytest.LogCaptureFixture) -> None:
+    lane = Lane(1, "test")
+    done = threading.Event()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a job")
+
+    lane.submit(broken)
+    lane.submit(done.set)  # queued behind the broken job, on the same single thread
+    assert done.wait(5)
+    lane.close()
+    assert "a storage job failed without reporting it" in caplog.text
+    assert "a bug in a job" in caplog.text
