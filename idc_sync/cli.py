@@ -64,6 +64,8 @@ from idc_sync.sync import (
 )
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_STATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Seconds between progress bar updates.
+BAR_INTERVAL = 0.1
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -518,7 +520,10 @@ def _print_sync(report: SyncReport) -> None:
 
 
 class _Sink:
-    """Progress of one sync: a rich bar on a terminal, a log line every 15 s otherwise."""
+    """Progress of one sync: a rich bar on a terminal, a log line every 15 s otherwise.
+
+    The bar hears of the counts at most every BAR_INTERVAL seconds (it redraws ten times a
+    second anyway): telling it of every file cost 6% of a small-file run's CPU."""
 
     def __init__(self, progress: Progress | None, task: TaskID | None, files: int,
                  size: int, files_done: int, bytes_done: int) -> None:  # fmt: skip
@@ -526,22 +531,35 @@ class _Sink:
         self.files, self.size = files, size
         self.files_done, self.bytes_done = files_done, bytes_done
         self._last_log = time.monotonic()
+        self._next_push = 0.0
 
     def bytes_received(self, count: int) -> None:
         self.bytes_done += count
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, count)
+        if self._progress is not None and time.monotonic() >= self._next_push:
+            self.push()
 
     def file_finished(self, size: int, *, fetched: bool, ok: bool) -> None:
         self.files_done += 1
         if not fetched and ok:
-            self.bytes_received(size)  # verified on disk: counts toward the total at once
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, files=f"{self.files_done:,}/{self.files:,} files")
+            self.bytes_done += size  # verified on disk: counts toward the total at once
+        if self._progress is not None:
+            if time.monotonic() >= self._next_push:
+                self.push()
         elif time.monotonic() - self._last_log > 15:
             self._last_log = time.monotonic()
             log.info("progress: %s/%s files, %s/%s", f"{self.files_done:,}", f"{self.files:,}",
                      _size(self.bytes_done), _size(self.size))  # fmt: skip
+
+    def push(self) -> None:
+        """Show the current counts on the bar."""
+        if self._progress is None or self._task is None:
+            return
+        self._next_push = time.monotonic() + BAR_INTERVAL
+        self._progress.update(
+            self._task,
+            completed=self.bytes_done,
+            files=f"{self.files_done:,}/{self.files:,} files",
+        )
 
 
 class _ProgressDisplay:
@@ -558,6 +576,7 @@ class _ProgressDisplay:
             if show
             else None
         )
+        self._sinks: list[_Sink] = []
 
     def __enter__(self) -> _ProgressDisplay:
         if self._progress is not None:
@@ -566,6 +585,8 @@ class _ProgressDisplay:
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
+            for sink in self._sinks:
+                sink.push()  # the last counts, whenever they came in
             self._progress.stop()
 
     def sink(self, files: int, size: int, files_done: int, bytes_done: int) -> ProgressSink:
@@ -575,4 +596,6 @@ class _ProgressDisplay:
                 "sync", total=size, completed=bytes_done,
                 files=f"{files_done:,}/{files:,} files",
             )  # fmt: skip
-        return _Sink(self._progress, task, files, size, files_done, bytes_done)
+        sink = _Sink(self._progress, task, files, size, files_done, bytes_done)
+        self._sinks.append(sink)
+        return sink
