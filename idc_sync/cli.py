@@ -543,8 +543,7 @@ class _Sink:
         if not fetched and ok:
             self.bytes_done += size  # verified on disk: counts toward the total at once
         if self._progress is not None:
-            if time.monotonic() >= self._next_push:
-                self.push()
+            self.bytes_received(0)  # the bar, when it is due
         elif time.monotonic() - self._last_log > 15:
             self._last_log = time.monotonic()
             log.info("progress: %s/%s files, %s/%s", f"{self.files_done:,}", f"{self.files:,}",
@@ -552,8 +551,9 @@ class _Sink:
 
     def push(self) -> None:
         """Show the current counts on the bar."""
-        if self._progress is None or self._task is None:
+        if self._progress is None:
             return
+        assert self._task is not None  # a bar always has its task
         self._next_push = time.monotonic() + BAR_INTERVAL
         self._progress.update(
             self._task,
