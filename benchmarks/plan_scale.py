@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from idc_sync.config import load_settings
-from idc_sync.planner import PlanTally, place_batch
-from idc_sync.queue import Queue
-from idc_sync.sync import STATE_DB, resolved
+from idc_sync.core.planner import PlanTally, place_batch
+from idc_sync.run.jobs import STATE_DB, resolved
+from idc_sync.state.queue import Queue
 
 
 async def plan_into_queue(collections: list[str], root: Path) -> tuple[PlanTally, float, int]:

@@ -19,12 +19,12 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from idc_sync.errors import ConfigurationError
-from idc_sync.layout import DEFAULT_TEMPLATE
-from idc_sync.model import Source
-from idc_sync.policy import LicensePolicy
-from idc_sync.schedule import BandwidthSchedule, Window, parse_clock
-from idc_sync.shard import Shard
+from idc_sync.core.errors import ConfigurationError
+from idc_sync.core.layout import DEFAULT_TEMPLATE
+from idc_sync.core.model import Source
+from idc_sync.core.policy import LicensePolicy
+from idc_sync.core.schedule import BandwidthSchedule, Window, parse_clock
+from idc_sync.core.shard import Shard
 
 ENV_PREFIX = "IDC_SYNC_"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from idc_sync.config import ENV_PREFIX, Settings, load_settings
-from idc_sync.errors import ConfigurationError
+from idc_sync.core.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[1]
 IDC_SYNC = Path(sys.executable).with_name("idc-sync")

@@ -26,7 +26,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from idc_sync.model import AWS_TO_GCS_BUCKET
+from idc_sync.core.model import AWS_TO_GCS_BUCKET
 from tests.support.moto import moto_put_many
 from tests.support.s3server import S3TestServer
 

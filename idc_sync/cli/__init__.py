@@ -1,0 +1,1 @@
+"""The ``idc-sync`` command line."""

@@ -1,0 +1,43 @@
+"""The interface every transfer engine offers the workers (run/mirror.py): list a series,
+learn a multipart object's part size, and place one verified object. Small on purpose, so
+the native and the s5cmd engines (and the metered wrapper of the daemon) stand behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from idc_sync.core.model import ListedObject
+from idc_sync.core.verify import Expected, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class FetchJob:
+    bucket: str
+    key: str
+    expected: Expected
+    final: Path
+    part_size: int | None = None  # for multipart ETags
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class Throttle(Protocol):
+    """Paces received bytes (a bandwidth cap); ``take`` returns once ``nbytes`` may pass."""
+
+    async def take(self, nbytes: int) -> None: ...
+
+
+class Engine(Protocol):
+    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]: ...
+
+    async def part_size(self, bucket: str, key: str) -> int: ...
+
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
+        """Fetch one object, verify it and rename it into place (see ``settle``). Raises
+        IntegrityError (nothing placed), RetryableError, PermanentError or
+        LocalStorageError."""
+        ...

@@ -1,0 +1,334 @@
+"""The native transfer engine: anonymous ListObjectsV2 and object GETs as plain unsigned HTTP
+through net/httpget.py (HEADs, a few per run, through aiohttp); large objects as parallel
+ranged GETs on worker threads (net/ranged.py). ``fetch`` ends in ``engines.settle``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
+
+from idc_sync import __version__
+from idc_sync.core.errors import (
+    IntegrityError,
+    ObjectChangedError,
+    PermanentError,
+    RetryableError,
+)
+from idc_sync.core.listing import parse_list_page
+from idc_sync.core.model import ListedObject
+from idc_sync.core.retry import FailureClass, classify_status
+from idc_sync.core.routing import bucket_url, object_url
+from idc_sync.core.verify import (
+    GoogHash,
+    Verdict,
+    hashers_needed,
+    parse_goog_hash,
+)
+from idc_sync.disk.lanes import Lane, answer, report
+from idc_sync.disk.storage import TempFile
+from idc_sync.engines.base import FetchJob, ProgressCallback, Throttle
+from idc_sync.engines.settle import settle
+from idc_sync.net.httpget import BodyTooLarge, HttpGetter, Response
+from idc_sync.net.pacing import AdaptiveLimit
+from idc_sync.net.ranged import RangedTransfer, Target
+
+if TYPE_CHECKING:
+    import aiohttp
+
+USER_AGENT = f"idc-sync/{__version__}"
+# Bodies up to this size are read whole on the event loop and stored with one thread hop;
+# larger ones are fetched as parallel ranged GETs on worker threads (ranged.py).
+SMALL_OBJECT = 8 << 20
+# A ListObjectsV2 page of 1,000 keys is ~300 kB; a larger one is not a listing.
+LIST_PAGE = 16 << 20
+RANGE_BYTES = 32 << 20
+RANGE_STREAMS = 4  # ranges of one object in flight at once
+RANGE_THREADS = 16  # range workers shared by every large object
+# Creating, hashing and writing a file is CPU work: more threads than cores only fight over
+# the GIL (ct workload: 3 threads 6.6-7.5 s, 32 threads 8.3-9.3 s). fsync and rename wait
+# on the disk, milliseconds each on a real one, so they get threads of their own.
+FILL_THREADS = (os.cpu_count() or 1) + 1
+COMMIT_THREADS = 32
+
+T = TypeVar("T")
+
+_ERROR_CODE = re.compile(rb"<Code>([A-Za-z]+)</Code>")
+
+
+def _status_error(status: int, code: str | None, what: str) -> Exception:
+    """An error for a non-success answer; ``what`` names the request kind, not the key
+    (the queue row and the log line already name the object)."""
+    detail = f"{what}: HTTP {status}{' ' + code if code else ''}"
+    failure = classify_status(status, code)
+    if failure is FailureClass.PERMANENT:
+        return PermanentError(detail)
+    if status == 412:  # If-Match failed: the caller lists the series again
+        return ObjectChangedError(detail)
+    return RetryableError(detail)
+
+
+class NativeEngine:
+    """asyncio engine; use as ``async with NativeEngine(...) as engine``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        concurrency: int,
+        pin_etag: bool = True,
+        throttle: Throttle | None = None,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 120.0,
+        small_object: int = SMALL_OBJECT,
+        range_bytes: int = RANGE_BYTES,
+        range_streams: int = RANGE_STREAMS,
+    ) -> None:
+        self._endpoint = endpoint
+        self._concurrency = concurrency
+        # GCS's XML API matches If-Match against generations, not ETags; pin only on S3.
+        self._pin_etag = pin_etag
+        self._throttle = throttle
+        self._small_object = small_object
+        self._range_bytes = range_bytes
+        self._range_streams = range_streams
+        self._ranges: ThreadPoolExecutor | None = None
+        self._followers: ThreadPoolExecutor | None = None
+        self._storage: Lane | None = None
+        self._commits: Lane | None = None
+        self._pace = AdaptiveLimit(concurrency + 8, floor=min(4, concurrency))
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._stack = AsyncExitStack()
+        self._http: aiohttp.ClientSession | None = None
+        self._getter: HttpGetter | None = None
+
+    async def __aenter__(self) -> NativeEngine:
+        self._ranges = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="idc-sync-range")
+        # one follower per large object in flight, never waiting behind range workers
+        self._followers = ThreadPoolExecutor(self._concurrency, thread_name_prefix="idc-sync-hash")
+        self._storage = Lane(min(self._concurrency, FILL_THREADS), "idc-sync-fill")
+        self._commits = Lane(min(self._concurrency, COMMIT_THREADS), "idc-sync-commit")
+        self._stack.callback(self._commits.close)
+        self._stack.callback(self._storage.close)
+        self._stack.callback(self._followers.shutdown, wait=False, cancel_futures=True)
+        self._stack.callback(self._ranges.shutdown, wait=False, cancel_futures=True)
+        self._getter = await self._stack.enter_async_context(
+            HttpGetter(
+                user_agent=USER_AGENT,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+            )
+        )
+        return self
+
+    async def _head_session(self) -> aiohttp.ClientSession:
+        """aiohttp for the few HEADs a run sends (multipart part sizes): httpget.py reads
+        bodies, and a HEAD has none. Started on first use, so most runs never import it."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = await self._stack.enter_async_context(
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._connect_timeout, sock_read=self._read_timeout
+                    ),
+                    headers={"User-Agent": USER_AGENT},
+                    auto_decompress=False,
+                    # Public buckets: never send credentials, never read them from the
+                    # environment.
+                    trust_env=False,
+                )
+            )
+        return self._http
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
+        """Every object under ``<crdc_series_uuid>/``, across all pages (ListObjectsV2 as
+        plain unsigned HTTP: a tenth of botocore's CPU per page, see README)."""
+        assert self._getter is not None
+        prefix = f"{crdc_series_uuid}/"
+        url = bucket_url(self._endpoint, bucket)
+        found: list[ListedObject] = []
+        token: str | None = None
+        while True:
+            params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+            if token is not None:
+                params["continuation-token"] = token
+            async with self._pace:
+                try:
+                    response = await self._getter.get(f"{url}?{urlencode(params)}", {}, LIST_PAGE)
+                except BodyTooLarge:
+                    raise RetryableError(
+                        f"LIST {bucket}/{prefix}: page over {LIST_PAGE} bytes"
+                    ) from None
+                body = response.body
+                if response.status != 200:
+                    raise self._refused_answer(response, f"LIST {bucket}/{prefix}")
+                self._pace.succeeded()
+            page = parse_list_page(body)
+            found.extend(page.objects)
+            if page.next_token is None:
+                return found
+            if page.next_token == token:
+                raise RetryableError(f"LIST {bucket}/{prefix}: the server repeats a page")
+            token = page.next_token
+
+    async def part_size(self, bucket: str, key: str) -> int:
+        """Size of part 1 of a multipart object, which fixes the part size for its ETag."""
+        url = object_url(self._endpoint, bucket, key) + "?partNumber=1"
+        http = await self._head_session()
+        async with self._pace, http.head(url, allow_redirects=False) as response:
+            if response.status not in (200, 206):
+                raise self._refused(response.status, None, "HEAD part 1")
+            if response.content_length is None:
+                raise RetryableError("HEAD part 1: no Content-Length")
+            return response.content_length
+
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
+        headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
+        url = object_url(self._endpoint, job.bucket, job.key)
+        if job.expected.size > self._small_object:
+            return await self._fetch_ranged(job, url, headers, on_bytes)
+        assert self._getter is not None
+        async with self._pace:
+            try:
+                response = await self._getter.get(url, headers, job.expected.size, borrow=True)
+            except BodyTooLarge as error:
+                # Same key, other size: the object changed after we listed it.
+                sent = "more" if error.announced is None else str(error.announced)
+                raise IntegrityError(
+                    f"server sends {sent} bytes, listing said {job.expected.size}"
+                ) from None
+            if response.status != 200:
+                raise self._refused_answer(response, "GET")
+            body = response.body
+            if len(body) != job.expected.size:
+                raise IntegrityError(
+                    f"server sends {len(body)} bytes, listing said {job.expected.size}"
+                )
+            goog = parse_goog_hash(response.header_all("x-goog-hash"))
+            # Most IDC files are small: the body is read whole, and one thread hop creates,
+            # hashes, writes, verifies and renames.
+            hasher = hashers_needed(job.expected, goog, job.part_size)
+            self._pace.succeeded()
+        on_bytes(len(body))
+        if self._throttle is not None:
+            await self._throttle.take(len(body))
+        return await self._fill_and_settle(job, hasher, body, goog)
+
+    @property
+    def pace(self) -> AdaptiveLimit:
+        """The adaptive limit on requests in flight (metrics and tests read it)."""
+        return self._pace
+
+    def _refused_answer(self, response: Response, what: str) -> Exception:
+        """The error for a non-200 answer, with the S3 error code its XML body names."""
+        match = _ERROR_CODE.search(response.body[:4096])
+        code = match.group(1).decode() if match else None
+        return self._refused(response.status, code, what)
+
+    def _refused(self, status: int, code: str | None, what: str) -> Exception:
+        """The error for a non-success answer; SlowDown, 503 and 429 also halve the number
+        of requests in flight."""
+        if status in (429, 503) or code == "SlowDown":
+            self._pace.throttled()
+        return _status_error(status, code, what)
+
+    async def _store(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work on the engine's storage threads."""
+        assert self._storage is not None
+        return await self._storage.run(function, *args)
+
+    async def _commit(self, function: Callable[..., T], *args: Any) -> T:
+        """Run work that waits on the disk (fsync, rename) on the commit threads."""
+        assert self._commits is not None
+        return await self._commits.run(function, *args)
+
+    def _fill_and_settle(
+        self,
+        job: FetchJob,
+        hasher: Any,
+        body: bytes | bytearray | memoryview,
+        goog: GoogHash | None,
+    ) -> asyncio.Future[Verdict]:
+        """A whole body into place: a storage thread creates, hashes and writes the temp
+        file, then hands it straight to a commit thread to verify, fsync and rename; the
+        event loop is woken once, with the verdict."""
+        storage, commits, getter = self._storage, self._commits, self._getter
+        assert storage is not None
+        assert commits is not None
+        assert getter is not None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Verdict] = loop.create_future()
+
+        def fill() -> None:
+            try:
+                temp = _fill(job, hasher, body)
+                digests = hasher.digests()
+            except BaseException as error:
+                report(loop, done, None, error)
+                return
+            getter.give_back(body)  # written and hashed: the next response may have it
+            commits.submit(partial(answer, loop, done, settle, temp, job, digests, goog))
+
+        storage.submit(fill)
+        return done
+
+    async def _fetch_ranged(
+        self, job: FetchJob, url: str, headers: dict[str, str], on_bytes: ProgressCallback
+    ) -> Verdict:
+        """A large object as parallel ranged GETs on worker threads (see ranged.py)."""
+        assert self._ranges is not None
+        loop = asyncio.get_running_loop()
+        throttle = self._throttle
+
+        def progress(count: int) -> None:  # called on range worker threads
+            loop.call_soon_threadsafe(on_bytes, count)
+            if throttle is not None:
+                asyncio.run_coroutine_threadsafe(throttle.take(count), loop).result()
+
+        target = Target(url, {**headers, "User-Agent": USER_AGENT}, self._read_timeout)
+        temp = await self._store(TempFile, job.final)
+        transfer = RangedTransfer(
+            temp, target, job.expected.size, self._range_bytes, _status_error, progress
+        )
+        threads: list[asyncio.Future[None]] = []
+        try:
+            message = await loop.run_in_executor(self._ranges, transfer.open_first)
+            goog = parse_goog_hash(message.get_all("x-goog-hash") or [])
+            hasher = hashers_needed(job.expected, goog, job.part_size)
+            threads.append(loop.run_in_executor(self._followers, transfer.hash_in_order, hasher))
+            streams = min(self._range_streams, len(transfer.ranges))
+            threads += [loop.run_in_executor(self._ranges, transfer.work) for _ in range(streams)]
+            await asyncio.gather(*threads)
+            if transfer.error is not None:
+                raise transfer.error
+        except BaseException as error:
+            transfer.abort(error)
+            # the threads still hold the file: let them stop before discarding it
+            await asyncio.gather(*threads, return_exceptions=True)
+            transfer.close_unused()
+            await self._store(temp.discard)
+            raise
+        return await self._commit(settle, temp, job, hasher.digests(), goog)
+
+
+def _fill(job: FetchJob, hasher: Any, body: bytes | bytearray | memoryview) -> TempFile:
+    """A temp file holding ``body``, hashed on the way. Blocking."""
+    temp = TempFile(job.final)
+    try:
+        hasher.update(body)
+        temp.write_at(body, 0)
+    except BaseException:
+        temp.discard()
+        raise
+    return temp

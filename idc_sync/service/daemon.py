@@ -1,0 +1,514 @@
+"""The daemon behind ``idc-sync serve``: hold the state directory, plan the selection into
+the queue, keep workers fetching, replan on a schedule and on SIGHUP, serve status and
+metrics over HTTP, talk to systemd, and on SIGTERM/SIGINT drain and exit 0.
+
+Life of the daemon, one loop: plan -> a round of workers until the queue has nothing
+left -> idle until the next replan (schedule or SIGHUP) -> replan -> ... A replan never
+runs beside workers: the round is drained first (in-flight files finish), because
+planning re-queues unfinished series, which must not be leased by a running round."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from idc_sync.catalog.index import Catalog, Resolution
+from idc_sync.config import Settings
+from idc_sync.core.errors import ConfigurationError
+from idc_sync.core.logs import LOGGER, RecentProblems
+from idc_sync.core.model import CollectionStatus, SeriesRecord, UnknownSelection
+from idc_sync.core.planner import Layout, PlanTally, place_batch
+from idc_sync.core.shard import select
+from idc_sync.disk.provenance import write_provenance
+from idc_sync.disk.retire import retire_unselected
+from idc_sync.run.jobs import (
+    STATE_DB,
+    mirror_options,
+    open_engine,
+    open_failover_engine,
+    resolved,
+    selection_of,
+)
+from idc_sync.run.mirror import Mirror, RunSummary
+from idc_sync.service.httpapi import HttpServer
+from idc_sync.service.metrics import MeteredEngine, Metrics, QueueDepth
+from idc_sync.service.sdnotify import Notifier
+from idc_sync.state.lock import StateLock
+from idc_sync.state.queue import Queue
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
+# /status reads the queue's running totals (one row per collection) and a few problems;
+# scrapes and dashboards still share one answer this long.
+STATUS_TTL = 2.0
+# A round stopped by a local failure (disk full) is retried after this long.
+LOCAL_RETRY_SECONDS = 300.0
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    PLANNING = "planning"
+    MIRRORING = "mirroring"
+    IDLE = "idle"  # everything selected is done or waits for the next replan
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class PlanOutcome:
+    release: int
+    tally: PlanTally
+    unknown: list[UnknownSelection]
+    finished_at: float  # Unix time
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Totals:
+    series_total: int = 0
+    series_complete: int = 0
+    series_failed: int = 0
+    files_expected: int = 0
+    files_done: int = 0
+    files_failed: int = 0
+    files_quarantined: int = 0
+    bytes_expected: int = 0
+    bytes_done: int = 0
+    collections: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, c: CollectionStatus) -> None:
+        for name in ("series_total", "series_complete", "series_failed", "files_expected",
+                     "files_done", "files_failed", "files_quarantined", "bytes_expected",
+                     "bytes_done"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(c, name))
+        self.collections.append({**asdict(c), **_pending(c)})
+
+    def overall(self) -> dict[str, Any]:
+        values = {k: v for k, v in asdict(self).items() if k != "collections"}
+        return {**values, **_pending(self)}
+
+
+def _pending(c: CollectionStatus | _Totals) -> dict[str, int]:
+    return {
+        "files_pending": max(
+            c.files_expected - c.files_done - c.files_failed - c.files_quarantined, 0
+        ),
+        "bytes_pending": max(c.bytes_expected - c.bytes_done, 0),
+        "series_pending": max(c.series_total - c.series_complete - c.series_failed, 0),
+    }
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count} B"
+
+
+class Daemon:
+    """One running ``idc-sync serve``. ``reload`` re-reads the configuration on SIGHUP;
+    ``hard_exit`` ends the process on a second stop signal (tests replace it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload: Callable[[], Settings] | None = None,
+        *,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        hard_exit: Callable[[int], None] | None = None,
+        report_interval: float = 30.0,
+        status_ttl: float = STATUS_TTL,
+    ) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.notifier = notifier or Notifier.from_environment()
+        self.metrics = metrics or Metrics()
+        self._hard_exit = hard_exit or _exit_now
+        self._report_interval = report_interval
+        self._status_ttl = status_ttl
+        self.phase = Phase.STARTING
+        self.http_address: tuple[str, int] | None = None
+        self.last_plan: PlanOutcome | None = None
+        self.last_round: RunSummary | None = None
+        self._queue: Queue | None = None
+        self._mirror: Mirror | None = None
+        self._planned = False
+        self._stop = asyncio.Event()
+        self._replan = asyncio.Event()
+        self._reload_wanted = False
+        self._next_plan = 0.0  # monotonic
+        self._status_cache: tuple[float, dict[str, Any]] | None = None
+        self._recent = RecentProblems()
+        self._started = time.time()
+
+    # -- control (signal handlers call these; so can tests) ---------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: exiting at once; leases and the next start cover the rest",
+                        reason)  # fmt: skip
+            self._hard_exit(EXIT_INTERRUPTED)
+            return
+        log.info("%s: draining (in-flight files get up to %s s to finish)", reason,
+                 f"{self.settings.drain_seconds:g}")  # fmt: skip
+        self._stop.set()
+        self.phase = Phase.DRAINING
+        self.notifier.stopping(f"draining after {reason}")
+        if self._mirror is not None:
+            self._mirror.drain(reason)
+
+    def request_reload(self) -> None:
+        log.info("SIGHUP: reloading the configuration and replanning")
+        self._reload_wanted = True
+        self._replan.set()
+
+    # -- what the HTTP API asks --------------------------------------------------------
+
+    def healthy(self) -> bool:
+        # The handler answering proves the event loop runs; the daemon is unhealthy only
+        # once it has given up.
+        return self.phase is not Phase.STOPPED
+
+    def ready(self) -> bool:
+        return self._planned and self._queue is not None and not self._stop.is_set()
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.exposition()
+
+    async def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._status_cache is not None and now - self._status_cache[0] < self._status_ttl:
+            return self._status_cache[1]
+        body = await self._status()
+        self._status_cache = (now, body)
+        return body
+
+    async def _status(self) -> dict[str, Any]:
+        totals = _Totals()
+        problems: list[dict[str, Any]] = []
+        if self._queue is not None:
+            for c in await self._queue.collection_totals():
+                totals.add(c)
+            problems = [asdict(p) for p in await self._queue.recent_problems(limit=20)]
+        overall = totals.overall()
+        self.metrics.set_queue(
+            QueueDepth(overall["series_total"] - overall["series_complete"],
+                       overall["files_pending"], overall["bytes_pending"])
+        )  # fmt: skip
+        rate = self.metrics.rate.rate()
+        plan = self.last_plan
+        return {
+            "pid": os.getpid(),
+            "state_dir": str(self.settings.state_path),
+            "phase": self.phase.value,
+            "ready": self.ready(),
+            "started_at": self._started,
+            "idc_release": plan.release if plan else None,
+            "shard": self.settings.shard,
+            "last_plan": None if plan is None else {
+                "finished_at": plan.finished_at, "seconds": round(plan.seconds, 3),
+                "series": plan.tally.series, "files": plan.tally.files,
+                "bytes": plan.tally.bytes, "excluded_series": plan.tally.excluded_series,
+                "unknown": [asdict(u) for u in plan.unknown[:20]],
+            },
+            "next_plan_in_seconds": max(self._next_plan - time.monotonic(), 0.0),
+            "overall": overall,
+            "collections": totals.collections,
+            "rate_bytes_per_second": rate,
+            # the cap the bandwidth schedule sets now; 0 is unlimited
+            "max_bytes_per_second": self.settings.bandwidth_schedule.cap_at(datetime.now()),
+            "eta_seconds": overall["bytes_pending"] / rate if rate > 0 else None,
+            "recent_errors": list(self._recent.entries)[-20:],
+            "problems": problems,
+        }  # fmt: skip
+
+    # -- the daemon ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the exit code. Configuration and state errors
+        raise (the CLI turns them into exit codes 2 and 3)."""
+        selection_of(self.settings)  # a bad selection is reported before the state is touched
+        logging.getLogger(LOGGER).addHandler(self._recent)
+        try:
+            with StateLock(self.settings.state_path):
+                self._queue = await Queue.open(self.settings.state_path / STATE_DB)
+                try:
+                    return await self._serve()
+                finally:
+                    await self._queue.close()
+        finally:
+            logging.getLogger(LOGGER).removeHandler(self._recent)
+            self.phase = Phase.STOPPED
+            self.notifier.close()
+
+    async def _serve(self) -> int:
+        http: HttpServer | None = None
+        if self.settings.http.listen:
+            http = HttpServer(self)
+            self.http_address = await http.start(self.settings.http.listen)
+        loop = asyncio.get_running_loop()
+        handled = self._install_signals(loop)
+        helpers = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._reporter())]
+        try:
+            await self._main()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+            if http is not None:
+                await http.close()
+        log.info("stopped cleanly")
+        return EXIT_OK
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        handled: list[int] = []
+        actions: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
+            signal.SIGINT: lambda: self.request_stop("SIGINT"),
+            signal.SIGHUP: self.request_reload,
+        }
+        for signum, action in actions.items():
+            try:
+                loop.add_signal_handler(signum, action)
+            except (RuntimeError, ValueError):  # not the main thread: the caller drives us
+                continue
+            handled.append(signum)
+        return handled
+
+    async def _main(self) -> None:
+        await self._plan(self.settings)
+        if self._stop.is_set():
+            return
+        self._planned = True
+        self.metrics.ready.set(1)
+        self.notifier.ready(await self._status_line())
+        while True:
+            self.phase = Phase.MIRRORING
+            round_task = asyncio.create_task(self._round())
+            await self._wait(round_task)
+            if not round_task.done():
+                await self._drain(round_task)
+            elif (error := round_task.exception()) is not None:
+                raise error
+            if self._stop.is_set():
+                return
+            if not self._replan_due():
+                self.phase = Phase.IDLE
+                self.notifier.status(await self._status_line())
+                await self._wait(None)
+                if self._stop.is_set():
+                    return
+            await self._replan_now()
+            if self._stop.is_set():
+                return
+
+    def _replan_due(self) -> bool:
+        return self._replan.is_set() or time.monotonic() >= self._next_plan
+
+    async def _wait(self, round_task: asyncio.Task[RunSummary] | None) -> None:
+        """Until the round ends, a stop, a SIGHUP or the replan time, whichever is first."""
+        waiters = {asyncio.create_task(self._stop.wait()), asyncio.create_task(self._replan.wait())}
+        try:
+            timeout = max(self._next_plan - time.monotonic(), 0.0)
+            candidates: set[asyncio.Future[Any]] = set(waiters)
+            if round_task is not None:
+                candidates.add(round_task)
+            await asyncio.wait(candidates, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _drain(self, round_task: asyncio.Task[RunSummary]) -> None:
+        """Stop claiming, give in-flight files ``drain_seconds``, cancel the rest (their
+        series stay leased until the lease runs out or the next plan re-queues them)."""
+        reason = "shutdown" if self._stop.is_set() else "replan"
+        if self._mirror is not None:
+            self._mirror.drain(reason)
+        deadline = self.settings.drain_seconds
+        done, _ = await asyncio.wait({round_task}, timeout=deadline)
+        if not done:
+            log.warning("drain deadline (%s s) passed: cancelling in-flight transfers",
+                        f"{deadline:g}")  # fmt: skip
+            round_task.cancel()
+        (outcome,) = await asyncio.gather(round_task, return_exceptions=True)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+
+    async def _round(self) -> RunSummary:
+        settings = self.settings
+        async with open_engine(settings) as engine, open_failover_engine(settings) as other:
+            self._mirror = Mirror(
+                self._require_queue(),
+                MeteredEngine(engine, self.metrics),
+                mirror_options(settings),
+                self.metrics,
+                observer=self.metrics,
+                failover=None if other is None else MeteredEngine(other, self.metrics),
+            )
+            if self._stop.is_set():
+                self._mirror.drain("shutdown")
+            try:
+                summary = await self._mirror.run()
+            finally:
+                self._mirror = None
+        if summary.stopped is None and not self._stop.is_set():
+            # as after a sync: series the plan no longer selects leave the mirror (per the
+            # `retired` policy) and the provenance manifest describes what it now holds
+            queue = self._require_queue()
+            retired = await retire_unselected(queue, settings.retired, settings.retired_path)
+            if retired.series_retired:
+                log.info("retired %d series no longer selected", retired.series_retired)
+            await write_provenance(queue, settings.provenance_path)
+        self.last_round = summary
+        self._status_cache = None
+        if summary.stopped is not None and not self._stop.is_set() and not self._replan.is_set():
+            # stopped by our own disk (full, read-only): try again well before the next
+            # scheduled plan, once an operator has had a chance to make room
+            self._next_plan = min(self._next_plan, time.monotonic() + LOCAL_RETRY_SECONDS)
+        log.info(
+            "round finished: fetched %d files (%s), re-verified %d; series complete %d, "
+            "incomplete %d, failed %d%s",
+            summary.files_fetched, _size(summary.bytes_fetched), summary.files_reverified,
+            summary.series_complete, summary.series_incomplete, summary.series_failed,
+            f"; stopped: {summary.stopped}" if summary.stopped else "",
+        )  # fmt: skip
+        return summary
+
+    async def _replan_now(self) -> None:
+        settings = self.settings
+        if self._reload_wanted and self._reload is not None:
+            self.notifier.reloading()
+            try:
+                settings = self._reloaded(self._reload())
+            except ConfigurationError as error:
+                log.error("configuration reload failed; keeping the running configuration: %s",
+                          error)  # fmt: skip
+        self._reload_wanted = False
+        self._replan.clear()
+        try:
+            await self._plan(settings)
+        except ConfigurationError as error:
+            # the old queue rows stay: the workers carry on with what was planned before
+            log.error("replan failed; keeping the previous plan: %s", error)
+            self._next_plan = time.monotonic() + self.settings.replan_interval
+        else:
+            self.settings = settings
+        if not self._stop.is_set():
+            self.notifier.ready(await self._status_line())
+
+    def _reloaded(self, new: Settings) -> Settings:
+        old = self.settings
+        if new.state_path != old.state_path:
+            raise ConfigurationError(
+                f"state_dir changed ({old.state_path} -> {new.state_path}); restart to use it"
+            )
+        if new.http != old.http:
+            log.warning("http.listen changes take effect at the next start")
+        logging.getLogger(LOGGER).setLevel(new.log_level.upper())
+        return new
+
+    async def _plan(self, settings: Settings) -> None:
+        """Resolve the selection in a worker thread (DuckDB would stall the loop, and with
+        it the watchdog) and stream it into the queue batch by batch."""
+        self.phase = Phase.PLANNING
+        self.notifier.status("planning the selection")
+        started = time.monotonic()
+        stack, catalog, resolution, layout, batches = await asyncio.to_thread(_open, settings)
+        queue = self._require_queue()
+        shard = settings.series_shard
+        try:
+            tally = PlanTally()
+            await queue.begin_plan()
+            while not self._stop.is_set():
+                batch = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    break
+                await queue.enqueue(place_batch(select(batch, shard), layout, tally))
+            release, unknown = catalog.release, list(resolution.unknown)
+        finally:
+            await asyncio.to_thread(stack.close)
+        if self._stop.is_set():
+            return
+        await queue.requeue_unfinished()
+        for item in unknown:
+            log.warning("not in IDC release %s: %s %r (%s)", release, item.kind, item.value,
+                        item.origin)  # fmt: skip
+        seconds = time.monotonic() - started
+        self.last_plan = PlanOutcome(release, tally, unknown, time.time(), seconds)
+        self._next_plan = time.monotonic() + settings.replan_interval
+        self._status_cache = None
+        self.metrics.release.set(release)
+        self.metrics.last_plan.set(time.time())
+        log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", release,
+                 f" shard {settings.shard}" if settings.shard else "", f"{tally.series:,}",
+                 f"{tally.files:,}", _size(tally.bytes), seconds)  # fmt: skip
+
+    def _require_queue(self) -> Queue:
+        assert self._queue is not None, "the queue is opened before anything uses it"
+        return self._queue
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: if the loop wedges, the pings stop and
+        systemd restarts the service."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reporter(self) -> None:
+        """Queue gauges and systemd's STATUS= line, refreshed now and then."""
+        while True:
+            await asyncio.sleep(self._report_interval)
+            if self._planned and not self._stop.is_set():
+                self.notifier.status(await self._status_line())
+
+    async def _status_line(self) -> str:
+        body = await self.status()
+        o = body["overall"]
+        rate = body["rate_bytes_per_second"]
+        return (
+            f"{self.phase.value}: {o['files_done']:,}/{o['files_expected']:,} files, "
+            f"{_size(o['bytes_done'])}/{_size(o['bytes_expected'])}, {_size(rate)}/s, "
+            f"{o['files_failed'] + o['files_quarantined']:,} failed"
+        )
+
+
+def _open(
+    settings: Settings,
+) -> tuple[ExitStack, Catalog, Resolution, Layout, Iterator[list[SeriesRecord]]]:
+    stack = ExitStack()
+    try:
+        catalog, resolution, layout = stack.enter_context(resolved(settings))
+        return stack, catalog, resolution, layout, iter(resolution.batches())
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _exit_now(code: int) -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(code)
