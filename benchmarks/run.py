@@ -379,6 +379,8 @@ def _tree_size(root: Path) -> tuple[int, int]:
     for directory, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".idc-sync")]
         for name in names:
+            if name.startswith(".idc-sync"):  # the mirror's marker (idc_sync/run/binding.py)
+                continue
             files += 1
             size += (Path(directory) / name).lstat().st_size
     return files, size

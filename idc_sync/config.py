@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -24,6 +25,7 @@ from idc_sync.core.layout import DEFAULT_TEMPLATE
 from idc_sync.core.model import Source
 from idc_sync.core.policy import LicensePolicy
 from idc_sync.core.schedule import BandwidthSchedule, Window, parse_clock
+from idc_sync.core.selection import split_values
 from idc_sync.core.shard import Shard
 
 ENV_PREFIX = "IDC_SYNC_"
@@ -108,6 +110,8 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
     )
+    # key -> "--collection", "IDC_SYNC_COLLECTIONS" or the config file: for messages
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     destination: Path | None = None
     state_dir: Path | None = None
@@ -117,9 +121,19 @@ class Settings(BaseSettings):
 
     collections: list[str] = Field(default_factory=list)
     series: list[str] = Field(default_factory=list)
+    patient_ids: list[str] = Field(default_factory=list)
+    study_instance_uids: list[str] = Field(default_factory=list)
     sql: str | None = None
     manifests: list[Path] = Field(default_factory=list)
+    # entries only earlier IDC releases know (removed from IDC) are fatal too, not reported
     strict: bool = False
+    # series that leave the selection are retired (rsync --delete); without it a selection
+    # adds to what the mirror holds
+    prune: bool = False
+    # a plan may retire at most this share of the mirror's verified files because they left
+    # the selection (any reason, with retired = "delete") unless allow_retire is set
+    max_retire_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    allow_retire: bool = False
 
     licenses: Licenses = Field(default_factory=Licenses)
 
@@ -172,6 +186,28 @@ class Settings(BaseSettings):
     def _shard_spec(cls, value: str | None) -> str | None:
         return None if value is None else str(Shard.parse(value))
 
+    @field_validator("destination", "state_dir", "retired_dir", "provenance_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # A relative path means the same place whatever directory the next run starts in.
+        return None if value is None else _absolute_path(value)
+
+    @field_validator("manifests")
+    @classmethod
+    def _absolute_all(cls, value: list[Path]) -> list[Path]:
+        return [_absolute_path(path) for path in value]
+
+    @field_validator("collections", "series", "patient_ids", "study_instance_uids")
+    @classmethod
+    def _comma_separated(cls, value: list[str]) -> list[str]:
+        return list(split_values(value))
+
+    @field_validator("licenses")
+    @classmethod
+    def _absolute_roots(cls, value: Licenses) -> Licenses:
+        roots = {pattern: _absolute_path(root) for pattern, root in value.destinations.items()}
+        return value.model_copy(update={"destinations": roots})
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -199,7 +235,19 @@ class Settings(BaseSettings):
 
     @property
     def retired_path(self) -> Path:
-        return self.retired_dir if self.retired_dir is not None else self.state_path / "retired"
+        """Where retired files go: ``retired_dir``; by default ``retired`` in a state
+        directory outside the mirror, else ``<destination>.retired`` beside the mirror, so a
+        walk of the mirror finds only the files it holds."""
+        if self.retired_dir is not None:
+            return self.retired_dir
+        root = self.mirror_root
+        if self.state_dir is not None and not self.state_dir.is_relative_to(root):
+            return self.state_dir / "retired"
+        return root.with_name(root.name + ".retired")
+
+    def origin(self, key: str) -> str:
+        """Where a key's value came from: a flag, an environment variable or the config file."""
+        return self._origins.get(key, "the settings")
 
     @property
     def provenance_path(self) -> Path:
@@ -255,6 +303,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"config file {path} is not valid TOML: {error}") from None
 
 
+# The flag each key is given with on the command line, for messages.
+FLAGS = {
+    "collections": "--collection",
+    "series": "--series",
+    "patient_ids": "--patient-id",
+    "study_instance_uids": "--study-instance-uid",
+    "sql": "--sql",
+    "manifests": "--manifest",
+    "destination": "--destination",
+    "state_dir": "--state-dir",
+}
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; ``overrides`` are command-line values (None means "not given")."""
     file_data: dict[str, Any] = {}
@@ -268,18 +329,75 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigurationError(_describe(error, config_file, file_data, given)) from None
     finally:
         _TomlSource.data = {}
+    for key in Settings.model_fields:
+        origin = _origin(key, config_file, file_data, given)
+        if origin is not None:
+            settings._origins[key] = origin
     return settings
 
 
+def _origin(
+    key: str, config_file: Path | None, file_data: dict[str, Any], given: dict[str, Any]
+) -> str | None:
+    if key in given:
+        return FLAGS.get(key, "the command line")
+    variable = ENV_PREFIX + key.upper()
+    if variable in os.environ:
+        return variable
+    if config_file is not None and key in file_data:
+        return str(config_file)
+    return None
+
+
+def _absolute_path(path: Path) -> Path:
+    """``path`` made absolute against the working directory, ``~`` expanded; symlinks are
+    kept (a mirror root may be a symlink to where the disk is mounted)."""
+    return Path(os.path.abspath(path.expanduser()))  # noqa: PTH100
+
+
+_PATH_KEYS = ("destination", "state_dir", "retired_dir", "provenance_file")
+
+
 def _relative_to_file(file_data: dict[str, Any], config_file: Path) -> dict[str, Any]:
-    """Manifest paths in a config file are relative to that file, as users expect; those
-    from flags or the environment stay relative to the working directory."""
-    manifests = file_data.get("manifests")
-    if not isinstance(manifests, list):
-        return file_data
-    base = config_file.resolve().parent
-    rebased = [str(base / path) if isinstance(path, str) else path for path in manifests]
-    return {**file_data, "manifests": rebased}
+    """Paths in a config file are relative to that file, as users expect; those from flags
+    or the environment are relative to the working directory."""
+    base = Path(os.path.abspath(config_file)).parent  # noqa: PTH100
+    rebased = dict(file_data)
+    for key in _PATH_KEYS:
+        if isinstance(rebased.get(key), str):
+            rebased[key] = str(base / Path(rebased[key]).expanduser())
+    manifests = rebased.get("manifests")
+    if isinstance(manifests, list):
+        rebased["manifests"] = [
+            str(base / path) if isinstance(path, str) else path for path in manifests
+        ]
+    licenses = rebased.get("licenses")
+    if isinstance(licenses, dict) and isinstance(licenses.get("destinations"), dict):
+        roots = {
+            pattern: str(base / root) if isinstance(root, str) else root
+            for pattern, root in licenses["destinations"].items()
+        }
+        rebased["licenses"] = {**licenses, "destinations": roots}
+    return rebased
+
+
+def default_config_file(environ: dict[str, str] | None = None) -> Path | None:
+    """The config file used when no --config is given: ``$IDC_SYNC_CONFIG``, else the
+    user's ``~/.config/idc-sync/config.toml`` (``$XDG_CONFIG_HOME``), else the service's
+    ``/etc/idc-sync/config.toml``, the first that exists. ``IDC_SYNC_CONFIG=""`` reads none."""
+    env = os.environ if environ is None else environ
+    if CONFIG_VARIABLE in env:
+        named = env[CONFIG_VARIABLE]
+        return Path(named) if named else None
+    home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    for candidate in (Path(home) / "idc-sync" / "config.toml", SERVICE_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+CONFIG_VARIABLE = "IDC_SYNC_CONFIG"
+SERVICE_CONFIG = Path("/etc/idc-sync/config.toml")
 
 
 def _describe(

@@ -3,18 +3,31 @@
 IdcSyncError
 +-- ConfigurationError        bad config, manifest or selection: exit code 2, nothing touched
 |   +-- ManifestError         a manifest line that cannot be read
-|   +-- SelectionError        unknown collections / UIDs under --strict, bad SQL
+|   +-- SelectionError        unknown collections / UIDs, bad SQL, nothing selected
+|   +-- RetireRefused         the plan would retire more than max_retire_fraction of the mirror
+|   +-- DestinationError      the state describes a mirror elsewhere, or it is not there
 +-- StateError                the SQLite state is unreadable, locked or from a newer schema
 +-- UnsafePathError           a template value or object key that would escape the mirror root
++-- RetryExhausted            (core/retry.py) no attempts left for one object or listing
 +-- TransferError             one object (or listing) could not be fetched
     +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
     |   +-- ObjectChangedError  412 to If-Match: the object is not the one the listing named
     +-- IntegrityError        size or checksum mismatch
     +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
-    +-- LocalStorageError     the local disk failed us (ENOSPC, EIO): stop, do not retry blindly
+    +-- LocalStorageError     our disk failed us (full, read-only, EIO, EACCES): stop the run
+
+IllegalMove                   a state change core/lifecycle.py forbids: a bug, never caught
 """
 
 from __future__ import annotations
+
+import errno
+
+# errno values that mean "the local disk failed us" (full, over quota, read-only, an I/O
+# error, no permission), as opposed to a bug in our paths: the run stops, it does not retry.
+LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+)
 
 
 class IdcSyncError(Exception):
@@ -37,6 +50,14 @@ class ManifestError(ConfigurationError):
 
 class SelectionError(ConfigurationError):
     """The selection names things the installed IDC release does not have, or its SQL fails."""
+
+
+class RetireRefused(ConfigurationError):
+    """The plan would retire more of the mirror than ``max_retire_fraction`` allows."""
+
+
+class DestinationError(ConfigurationError):
+    """The destination given is not the mirror the state describes (moved, not mounted)."""
 
 
 class StateError(IdcSyncError):
@@ -70,3 +91,8 @@ class PermanentError(TransferError):
 
 class LocalStorageError(TransferError):
     """Writing to the local file system failed (disk full, I/O error)."""
+
+
+class IllegalMove(Exception):
+    """A state change core/lifecycle.py's tables do not allow. A bug, never an input error,
+    so not an IdcSyncError: nothing may catch it as a failure of one object."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from idc_sync.core.errors import IllegalMove
+
 _S = TypeVar("_S", bound=StrEnum)
 
 
@@ -17,6 +19,9 @@ class SeriesState(StrEnum):
     COMPLETE = "complete"  # every expected file verified, counts and bytes match the index
     INCOMPLETE = "incomplete"  # listed and worked, but something is missing (see last_error)
     FAILED = "failed"  # the series could not even be listed
+    # leaving the mirror: the journal (object.retired_path) says where each file goes; a
+    # run killed here finishes the moves, or brings the files back if selected again
+    RETIRING = "retiring"
     RETIRED = "retired"  # left the selection or the release; its files moved out or kept
 
 
@@ -29,6 +34,8 @@ class ObjectState(StrEnum):
     RETIRED = "retired"  # its series was retired; the file left the live tree (or was kept)
 
 
+_LEAVE = frozenset({SeriesState.RETIRING, SeriesState.RETIRED})
+
 SERIES_TRANSITIONS: Mapping[SeriesState, frozenset[SeriesState]] = {
     # an expired lease is taken over by another worker: leased -> leased
     SeriesState.LEASED: frozenset(
@@ -40,26 +47,49 @@ SERIES_TRANSITIONS: Mapping[SeriesState, frozenset[SeriesState]] = {
             SeriesState.QUEUED,
         }
     ),
-    # complete -> queued: an operator's verify found damage
-    SeriesState.COMPLETE: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
-    SeriesState.INCOMPLETE: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
-    SeriesState.FAILED: frozenset({SeriesState.QUEUED, SeriesState.RETIRED}),
-    SeriesState.QUEUED: frozenset({SeriesState.LEASED, SeriesState.RETIRED}),
+    # complete -> queued: an operator's verify found damage, or the mirror moved
+    SeriesState.COMPLETE: frozenset({SeriesState.QUEUED}) | _LEAVE,
+    SeriesState.INCOMPLETE: frozenset({SeriesState.QUEUED}) | _LEAVE,
+    SeriesState.FAILED: frozenset({SeriesState.QUEUED}) | _LEAVE,
+    SeriesState.QUEUED: frozenset({SeriesState.LEASED}) | _LEAVE,
+    # finished, or selected again before the moves were done
+    SeriesState.RETIRING: frozenset({SeriesState.RETIRED, SeriesState.QUEUED}),
     SeriesState.RETIRED: frozenset({SeriesState.QUEUED}),  # selected again
 }
+
+# An object of a retired series is retired whatever it was: only done ones have a file.
+_RETIRE = frozenset({ObjectState.RETIRED})
 
 OBJECT_TRANSITIONS: Mapping[ObjectState, frozenset[ObjectState]] = {
     ObjectState.PENDING: frozenset(
         {ObjectState.DONE, ObjectState.FAILED, ObjectState.QUARANTINED, ObjectState.REFUSED}
-    ),
+    )
+    | _RETIRE,
     ObjectState.FAILED: frozenset(
         {ObjectState.PENDING, ObjectState.DONE, ObjectState.FAILED, ObjectState.QUARANTINED}
-    ),
-    ObjectState.QUARANTINED: frozenset({ObjectState.PENDING}),
-    ObjectState.REFUSED: frozenset({ObjectState.PENDING}),
-    ObjectState.DONE: frozenset({ObjectState.PENDING, ObjectState.RETIRED}),  # or found damaged
-    ObjectState.RETIRED: frozenset({ObjectState.PENDING}),
+    )
+    | _RETIRE,
+    ObjectState.QUARANTINED: frozenset({ObjectState.PENDING}) | _RETIRE,
+    ObjectState.REFUSED: frozenset({ObjectState.PENDING}) | _RETIRE,
+    ObjectState.DONE: frozenset({ObjectState.PENDING}) | _RETIRE,  # or found damaged
+    ObjectState.RETIRED: frozenset({ObjectState.PENDING}),  # listed again: restore or fetch
 }
+
+# The states a row may be created in.
+SERIES_INITIAL: frozenset[SeriesState] = frozenset({SeriesState.QUEUED})
+OBJECT_INITIAL: frozenset[ObjectState] = frozenset({ObjectState.PENDING, ObjectState.REFUSED})
+
+
+def require_move(table: Mapping[_S, frozenset[_S]], old: _S, new: _S) -> _S:
+    """``new`` when ``old -> new`` is in ``table``; IllegalMove otherwise."""
+    if not can_move(table, old, new):
+        raise IllegalMove(f"{type(old).__name__} {old.value} -> {new.value} is not allowed")
+    return new
+
+
+def edges(table: Mapping[_S, frozenset[_S]]) -> list[tuple[_S, _S]]:
+    """Every allowed move, sorted: what the state package turns into guards."""
+    return sorted((old, new) for old, targets in table.items() for new in targets)
 
 
 def can_move(table: Mapping[_S, frozenset[_S]], old: _S, new: _S) -> bool:

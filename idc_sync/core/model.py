@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from idc_sync.core.lifecycle import ObjectState, SeriesState
+
 Source = Literal["aws", "gcs"]
 
 # The bucket column of the IDC index is authoritative; each AWS bucket has one GCS twin.
@@ -43,11 +45,53 @@ class SeriesRecord:
 
 @dataclass(frozen=True, slots=True)
 class UnknownSelection:
-    """A selection entry the installed release does not know: reported, never dropped silently."""
+    """A selection entry the installed release does not have: reported, never dropped silently.
 
-    kind: Literal["collection", "series", "crdc_series_uuid", "crdc_instance_uuid"]
+    ``removed_after`` is the last IDC release that had it, when ``prior_versions_index`` knows
+    it (removed from IDC, not a typo); ``suggestions`` are the closest names the release has;
+    ``given``: this run named the value itself, so a typo here stops the run; False for an
+    entry only the mirror's own selection holds and for a value a selection query returned."""
+
+    kind: Literal[
+        "collection",
+        "series",
+        "crdc_series_uuid",
+        "crdc_instance_uuid",
+        "patient",
+        "study",
+        "identifier",
+    ]
     value: str
-    origin: str  # "config", "--series", "manifest.txt:12", ...
+    origin: str  # "--collection", "config.toml", "manifest.txt:12", ...
+    removed_after: int | None = None
+    suggestions: tuple[str, ...] = ()
+    given: bool = True
+
+    def describe(self) -> str:
+        """'unknown collection 'prostat_3t' (--collection); did you mean 'prostate_3t'?'"""
+        what = UNKNOWN_KIND_NAMES[self.kind]
+        if self.removed_after is not None:
+            text = (
+                f"{what} {self.value!r} ({self.origin}) was removed from IDC after release "
+                f"v{self.removed_after}"
+            )
+        else:
+            text = f"unknown {what} {self.value!r} ({self.origin})"
+        if self.suggestions:
+            text += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        return text
+
+
+UNKNOWN_KIND_NAMES: Mapping[str, str] = {
+    "collection": "collection",
+    "series": "SeriesInstanceUID",
+    "crdc_series_uuid": "crdc_series_uuid",
+    "crdc_instance_uuid": "crdc_instance_uuid",
+    "patient": "PatientID",
+    "study": "StudyInstanceUID",
+    "identifier": "identifier (not a collection_id, PatientID, StudyInstanceUID, "
+    "SeriesInstanceUID or crdc_series_uuid)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +141,7 @@ class SeriesRow:
     root: Path
     rel_dir: str
     instances: frozenset[str] | None
-    state: str
+    state: SeriesState
     attempts: int
     last_error: str | None
 
@@ -115,17 +159,20 @@ class ObjectRow:
     size: int
     etag: str
     path: Path
-    state: str = "pending"
+    state: ObjectState = ObjectState.PENDING
     attempts: int = 0
     last_error: str | None = None
+    # where retirement put this object's file (a series selected again restores from here)
+    retired_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
-    """The outcome of one object, written with others in one transaction."""
+    """The outcome of one object, written with others in one transaction. ``state`` None:
+    the attempt changed no state (the run stopped under it); only attempts and reason."""
 
     key: str
-    state: str
+    state: ObjectState | None
     attempts: int
     last_error: str | None = None
     checksum_kind: str | None = None
@@ -137,7 +184,7 @@ class SeriesTally:
     files_done: int
     bytes_done: int
     listed: int
-    by_state: dict[str, int]
+    by_state: dict[ObjectState, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +232,14 @@ class RetryCounts:
     objects_quarantined: int
     objects_failed: int
     series: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetiringFile:
+    """A verified file of a series that leaves the mirror, and where the retirement journal
+    says it goes (None: not journalled yet, or nothing to move it to)."""
+
+    key: str
+    path: Path
+    retired_path: Path | None
+    size: int

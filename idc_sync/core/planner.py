@@ -62,3 +62,78 @@ def place_batch(
         tally.bytes += record.series_size_bytes or 0
         placements.append(placed)
     return placements
+
+
+# -- series that leave the mirror ----------------------------------------------------------
+
+# Why a series the plan did not select leaves: IDC removed it, IDC revised it into a new
+# crdc_series_uuid, or it is still in IDC but no longer selected (retired only on --prune).
+REMOVED, REVISED, UNSELECTED = "removed", "revised", "unselected"
+RETIRED_BY_IDC = frozenset({REMOVED, REVISED})
+
+
+def leaving_reason(uuid_in_release: bool, uid_in_release: bool) -> str:
+    """Why an unselected series leaves, from what the current release still has of it."""
+    if uuid_in_release:
+        return UNSELECTED
+    return REVISED if uid_in_release else REMOVED
+
+
+@dataclass(frozen=True, slots=True)
+class Leaving:
+    """What the series that leave for one reason hold."""
+
+    series: int
+    files: int
+    bytes: int
+
+
+def retiring(leaving: dict[str, Leaving], *, prune: bool) -> dict[str, Leaving]:
+    """The part of ``leaving`` this run retires: IDC's removals and revisions always, the
+    series that left the selection only when it prunes."""
+    return {
+        reason: held
+        for reason, held in leaving.items()
+        if reason in RETIRED_BY_IDC or (prune and reason == UNSELECTED)
+    }
+
+
+def retire_guard(
+    leaving: dict[str, Leaving],
+    verified_files: int,
+    *,
+    prune: bool,
+    policy: str,
+    max_fraction: float,
+) -> str | None:
+    """Why this plan must not go ahead without ``--allow-retire``, or None.
+
+    A plan may not retire more than ``max_fraction`` of the mirror's verified files because
+    they left the selection, or for any reason when retired files are deleted. Retirement
+    that IDC's own releases cause under "move" or "keep" loses nothing and is not held back."""
+    counted = {
+        reason: held
+        for reason, held in retiring(leaving, prune=prune).items()
+        if reason == UNSELECTED or policy == "delete"
+    }
+    files = sum(held.files for held in counted.values())
+    if not files or verified_files <= 0 or files <= max_fraction * verified_files:
+        return None
+    why = ", ".join(
+        f"{held.series:,} series {_REASON_WORDS[reason]}"
+        for reason, held in sorted(counted.items())
+    )
+    verb = "delete" if policy == "delete" else "retire"
+    return (
+        f"this plan would {verb} {files:,} of the mirror's {verified_files:,} verified files "
+        f"({files / verified_files:.0%}; {why}), more than max_retire_fraction "
+        f"{max_fraction:.0%}; nothing was moved. Check the selection, or give --allow-retire "
+        "(allow_retire = true) to go ahead"
+    )
+
+
+_REASON_WORDS = {
+    REMOVED: "removed from IDC",
+    REVISED: "revised by IDC",
+    UNSELECTED: "no longer selected",
+}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from idc_sync.core.lifecycle import SeriesState
 from idc_sync.core.model import SeriesRecord, SeriesRow
 
 
@@ -33,20 +34,20 @@ class PlanDifference:
         crdc_series_uuid, ``uid_held`` whether the mirror holds another version of it."""
         diff = self._of(record.collection_id)
         size = record.series_size_bytes or 0
-        if known is None or known.state == "retired":
+        if known is None or known.state in (SeriesState.RETIRED, SeriesState.RETIRING):
             if uid_held:
                 diff.revised_series += 1
                 diff.revised_bytes += size
             else:
                 diff.added_series += 1
                 diff.added_bytes += size
-        elif known.state == "complete":
+        elif known.state is SeriesState.COMPLETE:
             diff.unchanged_series += 1
         else:
             diff.unfinished_series += 1
 
-    def retired(self, row: SeriesRow, bytes_held: int) -> None:
-        diff = self._of(row.collection_id)
+    def retired(self, collection_id: str, bytes_held: int) -> None:
+        diff = self._of(collection_id)
         diff.retired_series += 1
         diff.retired_bytes += bytes_held
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
 import socket
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import botocore.exceptions
 
 from idc_sync.core.errors import (
+    LOCAL_ERRNOS,
     IdcSyncError,
     IntegrityError,
     LocalStorageError,
@@ -52,8 +52,6 @@ RETRYABLE_ERROR_CODES = frozenset(
     }
 )
 
-# Our disk, not the network: retrying the object elsewhere will not help.
-LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 # Statuses that are not a 5xx yet mean "try again":
 # 408 the server gave up waiting for us; 429 too many requests;

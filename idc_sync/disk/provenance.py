@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from idc_sync.disk.storage import fsync_directory, temp_path_for
-from idc_sync.state.queue import Queue
+from idc_sync.disk.storage import fsync_directory, local_error, temp_path_for
+from idc_sync.state.reports import Reports
 
 PROVENANCE_COLUMNS = (
     "path",
@@ -44,14 +44,14 @@ def provenance_row(row: tuple[Any, ...]) -> list[Any]:
             release, when]  # fmt: skip
 
 
-async def _pages(queue: Queue) -> AsyncIterator[list[tuple[Any, ...]]]:
+async def _pages(reports: Reports) -> AsyncIterator[list[tuple[Any, ...]]]:
     after = ""
-    while page := await queue.provenance(after):
+    while page := await reports.provenance(after):
         after = str(page[-1][2])
         yield page
 
 
-async def write_provenance(queue: Queue, target: Path) -> int:
+async def write_provenance(reports: Reports, target: Path) -> int:
     """Write the manifest atomically (temp file, fsync, rename); returns the row count."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(target)
@@ -60,12 +60,15 @@ async def write_provenance(queue: Queue, target: Path) -> int:
         with temp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(PROVENANCE_COLUMNS)
-            async for page in _pages(queue):
+            async for page in _pages(reports):
                 writer.writerows(provenance_row(row) for row in page)
                 count += len(page)
             handle.flush()
             os.fsync(handle.fileno())
         temp.replace(target)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise local_error(error, "cannot write the provenance manifest", target) from error
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -5,19 +5,15 @@ Everything here is blocking; callers run it in a worker thread."""
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from idc_sync.core.errors import LocalStorageError
+from idc_sync.core.errors import LOCAL_ERRNOS, LocalStorageError
 
 TEMP_PREFIX = ".idc-sync-"
 TEMP_SUFFIX = ".partial"
-
-# errno values that mean "the disk failed us", as opposed to a bug in our paths.
-_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 
 
 def is_temp_name(name: str) -> bool:
@@ -33,7 +29,7 @@ def temp_path_for(final: Path) -> Path:
 
 def local_error(error: OSError, what: str, path: Path) -> LocalStorageError | OSError:
     """Turn disk-level failures into LocalStorageError; leave other OSErrors alone."""
-    if error.errno in _LOCAL_ERRNOS:
+    if error.errno in LOCAL_ERRNOS:
         reason = os.strerror(error.errno) if error.errno is not None else str(error)
         return LocalStorageError(f"{what} {path}: {reason}")
     return error

@@ -25,9 +25,11 @@ from idc_sync.core.verify import (
     multipart_part_size_valid,
     verdict,
 )
-from idc_sync.run.jobs import STATE_DB
+from idc_sync.run.binding import bind
+from idc_sync.run.jobs import license_roots
 from idc_sync.state.lock import StateLock
-from idc_sync.state.queue import Queue
+from idc_sync.state.repairs import Repairs
+from idc_sync.state.store import STATE_DB, State
 
 PAGE = 1000
 # Files hashed at once: hashing releases the GIL, and a few readers keep a disk array busy
@@ -122,7 +124,7 @@ def _check_multipart(path: Path, expected: Expected) -> Checked:
     return "unconfirmed"
 
 
-async def verify_objects(queue: Queue, sample: int | None = None) -> VerifyReport:
+async def verify_objects(repairs: Repairs, sample: int | None = None) -> VerifyReport:
     """Check every done object (or ``sample`` of them at random); damaged ones go back to
     pending and their series back to queued, so the next sync fetches them again."""
     report = VerifyReport()
@@ -149,13 +151,13 @@ async def verify_objects(queue: Queue, sample: int | None = None) -> VerifyRepor
             else:
                 report.ok += 1
         for reason, keys in requeue.items():
-            report.requeued += await queue.mark_for_refetch(keys, reason)
+            report.requeued += await repairs.mark_for_refetch(keys, reason)
 
     if sample is not None:
-        await check_page(await queue.sample_done(sample))
+        await check_page(await repairs.sample_done(sample))
         return report
     after = ""
-    while page := await queue.objects_done(after, PAGE):
+    while page := await repairs.objects_done(after, PAGE):
         # The page's keys are read before any is moved back to pending, so paging by key
         # is not disturbed by our own updates.
         after = page[-1].key
@@ -166,13 +168,14 @@ async def verify_objects(queue: Queue, sample: int | None = None) -> VerifyRepor
 async def verify(settings: Settings, sample: int | None = None) -> VerifyReport:
     """The ``verify`` job: holds the state lock so no sync moves files meanwhile. The
     state is opened first, so a wrong --destination creates nothing."""
-    async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+    async with await State.open(settings.state_path / STATE_DB, create=False) as state:
+        await bind(state, settings.mirror_root, other_roots=license_roots(settings), write=False)
         with StateLock(settings.state_path):
-            return await verify_objects(queue, sample)
+            return await verify_objects(state.repairs, sample)
 
 
 async def retry_failed(settings: Settings) -> RetryCounts:
     """The ``retry-failed`` job: quarantined and failed objects back to pending."""
-    async with await Queue.open(settings.state_path / STATE_DB, create=False) as queue:
+    async with await State.open(settings.state_path / STATE_DB, create=False) as state:
         with StateLock(settings.state_path):
-            return await queue.retry_failed()
+            return await state.repairs.retry_failed()

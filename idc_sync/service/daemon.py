@@ -17,35 +17,29 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from idc_sync.catalog.index import Catalog, Resolution
 from idc_sync.config import Settings
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.core.logs import LOGGER, RecentProblems
-from idc_sync.core.model import CollectionStatus, SeriesRecord, UnknownSelection
-from idc_sync.core.planner import Layout, PlanTally, place_batch
-from idc_sync.core.shard import select
-from idc_sync.disk.provenance import write_provenance
-from idc_sync.disk.retire import retire_unselected
-from idc_sync.run.jobs import (
-    STATE_DB,
-    mirror_options,
-    open_engine,
-    open_failover_engine,
-    resolved,
-    selection_of,
-)
-from idc_sync.run.mirror import Mirror, RunSummary
+from idc_sync.core.model import CollectionStatus
+from idc_sync.engines.base import Engine
+from idc_sync.run.binding import bind
+from idc_sync.run.jobs import license_roots
+from idc_sync.run.mirror import Mirror
+from idc_sync.run.objects import RunSummary
+from idc_sync.run.plan import PlanCancelled, PlanOutcome, Resolved, plan_into, resolve_plan
+from idc_sync.run.round import run_round
+from idc_sync.run.select import selection_of
 from idc_sync.service.httpapi import HttpServer
 from idc_sync.service.metrics import MeteredEngine, Metrics, QueueDepth
 from idc_sync.service.sdnotify import Notifier
+from idc_sync.state.database import peek_selection
 from idc_sync.state.lock import StateLock
-from idc_sync.state.queue import Queue
+from idc_sync.state.store import STATE_DB, State
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +60,6 @@ class Phase(enum.Enum):
     IDLE = "idle"  # everything selected is done or waits for the next replan
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class PlanOutcome:
-    release: int
-    tally: PlanTally
-    unknown: list[UnknownSelection]
-    finished_at: float  # Unix time
-    seconds: float
 
 
 @dataclass(slots=True)
@@ -129,6 +114,7 @@ class Daemon:
         settings: Settings,
         reload: Callable[[], Settings] | None = None,
         *,
+        adopt: bool = False,
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
         hard_exit: Callable[[int], None] | None = None,
@@ -137,6 +123,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self._reload = reload
+        self._adopt = adopt
         self.notifier = notifier or Notifier.from_environment()
         self.metrics = metrics or Metrics()
         self._hard_exit = hard_exit or _exit_now
@@ -146,7 +133,8 @@ class Daemon:
         self.http_address: tuple[str, int] | None = None
         self.last_plan: PlanOutcome | None = None
         self.last_round: RunSummary | None = None
-        self._queue: Queue | None = None
+        self._state: State | None = None
+        self._first_plan: Resolved | None = None
         self._mirror: Mirror | None = None
         self._planned = False
         self._stop = asyncio.Event()
@@ -186,7 +174,7 @@ class Daemon:
         return self.phase is not Phase.STOPPED
 
     def ready(self) -> bool:
-        return self._planned and self._queue is not None and not self._stop.is_set()
+        return self._planned and self._state is not None and not self._stop.is_set()
 
     def metrics_text(self) -> bytes:
         return self.metrics.exposition()
@@ -202,10 +190,17 @@ class Daemon:
     async def _status(self) -> dict[str, Any]:
         totals = _Totals()
         problems: list[dict[str, Any]] = []
-        if self._queue is not None:
-            for c in await self._queue.collection_totals():
+        retired: dict[str, Any] = {}
+        if self._state is not None:
+            reports = self._state.reports
+            for c in await reports.collection_totals():
                 totals.add(c)
-            problems = [asdict(p) for p in await self._queue.recent_problems(limit=20)]
+            problems = [asdict(p) for p in await reports.recent_problems(limit=20)]
+            retired = {
+                **asdict(await reports.retired()),
+                "retired_dir": str(self.settings.retired_path),
+                "held_unselected": asdict(await reports.held_unselected()),
+            }
         overall = totals.overall()
         self.metrics.set_queue(
             QueueDepth(overall["series_total"] - overall["series_complete"],
@@ -225,6 +220,7 @@ class Daemon:
                 "finished_at": plan.finished_at, "seconds": round(plan.seconds, 3),
                 "series": plan.tally.series, "files": plan.tally.files,
                 "bytes": plan.tally.bytes, "excluded_series": plan.tally.excluded_series,
+                "new_series": plan.new_series,
                 "unknown": [asdict(u) for u in plan.unknown[:20]],
             },
             "next_plan_in_seconds": max(self._next_plan - time.monotonic(), 0.0),
@@ -236,6 +232,7 @@ class Daemon:
             "eta_seconds": overall["bytes_pending"] / rate if rate > 0 else None,
             "recent_errors": list(self._recent.entries)[-20:],
             "problems": problems,
+            "retired": retired,
         }  # fmt: skip
 
     # -- the daemon ----------------------------------------------------------------------
@@ -243,16 +240,31 @@ class Daemon:
     async def run(self) -> int:
         """Serve until stopped; returns the exit code. Configuration and state errors
         raise (the CLI turns them into exit codes 2 and 3)."""
-        selection_of(self.settings)  # a bad selection is reported before the state is touched
+        settings = self.settings
+        # a bad selection is reported before the state is touched
+        given = selection_of(settings)
+        state_db = settings.state_path / STATE_DB
+        stored = peek_selection(state_db)
+        self._first_plan = await resolve_plan(settings, given, stored)
         logging.getLogger(LOGGER).addHandler(self._recent)
         try:
-            with StateLock(self.settings.state_path):
-                self._queue = await Queue.open(self.settings.state_path / STATE_DB)
+            with StateLock(settings.state_path):
+                self._state = await State.open(state_db)
                 try:
+                    await bind(
+                        self._state, settings.mirror_root,
+                        other_roots=license_roots(settings), adopt=self._adopt,
+                    )  # fmt: skip
+                    if await self._state.plans.stored_selection() != stored:
+                        self._first_plan.close()  # changed meanwhile: resolve it anew
+                        self._first_plan = None
                     return await self._serve()
                 finally:
-                    await self._queue.close()
+                    state, self._state = self._state, None
+                    await state.close()
         finally:
+            if self._first_plan is not None:
+                self._first_plan.close()
             logging.getLogger(LOGGER).removeHandler(self._recent)
             self.phase = Phase.STOPPED
             self.notifier.close()
@@ -355,29 +367,27 @@ class Daemon:
 
     async def _round(self) -> RunSummary:
         settings = self.settings
-        async with open_engine(settings) as engine, open_failover_engine(settings) as other:
-            self._mirror = Mirror(
-                self._require_queue(),
-                MeteredEngine(engine, self.metrics),
-                mirror_options(settings),
-                self.metrics,
-                observer=self.metrics,
-                failover=None if other is None else MeteredEngine(other, self.metrics),
-            )
+
+        def started(mirror: Mirror) -> None:
+            self._mirror = mirror
             if self._stop.is_set():
-                self._mirror.drain("shutdown")
-            try:
-                summary = await self._mirror.run()
-            finally:
-                self._mirror = None
-        if summary.stopped is None and not self._stop.is_set():
-            # as after a sync: series the plan no longer selects leave the mirror (per the
-            # `retired` policy) and the provenance manifest describes what it now holds
-            queue = self._require_queue()
-            retired = await retire_unselected(queue, settings.retired, settings.retired_path)
-            if retired.series_retired:
-                log.info("retired %d series no longer selected", retired.series_retired)
-            await write_provenance(queue, settings.provenance_path)
+                mirror.drain("shutdown")
+
+        def metered(engine: Engine) -> Engine:
+            return MeteredEngine(engine, self.metrics)
+
+        try:
+            # as after a sync, a round that ran to its end retires what leaves the mirror
+            # (per the `retired` policy) and rewrites the provenance manifest
+            outcome = await run_round(
+                self._require_state(), settings, self.metrics, observer=self.metrics,
+                wrap=metered, started=started, finish=lambda: not self._stop.is_set(),
+            )  # fmt: skip
+        finally:
+            self._mirror = None
+        summary = outcome.summary
+        if outcome.retired.series_retired:
+            log.info("retired %d series that left the mirror", outcome.retired.series_retired)
         self.last_round = summary
         self._status_cache = None
         if summary.stopped is not None and not self._stop.is_set() and not self._replan.is_set():
@@ -385,11 +395,11 @@ class Daemon:
             # scheduled plan, once an operator has had a chance to make room
             self._next_plan = min(self._next_plan, time.monotonic() + LOCAL_RETRY_SECONDS)
         log.info(
-            "round finished: fetched %d files (%s), re-verified %d; series complete %d, "
-            "incomplete %d, failed %d%s",
+            "round finished: fetched %d files (%s), re-verified %d, restored %d; series "
+            "complete %d, incomplete %d, failed %d%s",
             summary.files_fetched, _size(summary.bytes_fetched), summary.files_reverified,
-            summary.series_complete, summary.series_incomplete, summary.series_failed,
-            f"; stopped: {summary.stopped}" if summary.stopped else "",
+            summary.files_restored, summary.series_complete, summary.series_incomplete,
+            summary.series_failed, f"; stopped: {summary.stopped}" if summary.stopped else "",
         )  # fmt: skip
         return summary
 
@@ -427,44 +437,39 @@ class Daemon:
         return new
 
     async def _plan(self, settings: Settings) -> None:
-        """Resolve the selection in a worker thread (DuckDB would stall the loop, and with
-        it the watchdog) and stream it into the queue batch by batch."""
+        """Plan the selection into the state (run/plan.py: DuckDB on a worker thread, so
+        the loop, and with it the watchdog, keeps answering)."""
         self.phase = Phase.PLANNING
         self.notifier.status("planning the selection")
-        started = time.monotonic()
-        stack, catalog, resolution, layout, batches = await asyncio.to_thread(_open, settings)
-        queue = self._require_queue()
-        shard = settings.series_shard
+        resolved, self._first_plan = self._first_plan, None
         try:
-            tally = PlanTally()
-            await queue.begin_plan()
-            while not self._stop.is_set():
-                batch = await asyncio.to_thread(next, batches, None)
-                if batch is None:
-                    break
-                await queue.enqueue(place_batch(select(batch, shard), layout, tally))
-            release, unknown = catalog.release, list(resolution.unknown)
-        finally:
-            await asyncio.to_thread(stack.close)
-        if self._stop.is_set():
+            outcome = await plan_into(
+                self._require_state(), settings, selection_of(settings), resolved=resolved,
+                stop=self._stop.is_set,
+            )  # fmt: skip
+        except PlanCancelled:
             return
-        await queue.requeue_unfinished()
-        for item in unknown:
-            log.warning("not in IDC release %s: %s %r (%s)", release, item.kind, item.value,
-                        item.origin)  # fmt: skip
-        seconds = time.monotonic() - started
-        self.last_plan = PlanOutcome(release, tally, unknown, time.time(), seconds)
+        for item in outcome.unknown:
+            log.warning("IDC release v%s: %s", outcome.release, item.describe())
+        held = outcome.held_unselected
+        if held.series:
+            log.warning(
+                "%d series (%d files) no longer selected stay in the mirror; prune = true "
+                "retires them", held.series, held.files,
+            )  # fmt: skip
+        self.last_plan = outcome
         self._next_plan = time.monotonic() + settings.replan_interval
         self._status_cache = None
-        self.metrics.release.set(release)
+        self.metrics.release.set(outcome.release)
         self.metrics.last_plan.set(time.time())
-        log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", release,
+        tally = outcome.tally
+        log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", outcome.release,
                  f" shard {settings.shard}" if settings.shard else "", f"{tally.series:,}",
-                 f"{tally.files:,}", _size(tally.bytes), seconds)  # fmt: skip
+                 f"{tally.files:,}", _size(tally.bytes), outcome.seconds)  # fmt: skip
 
-    def _require_queue(self) -> Queue:
-        assert self._queue is not None, "the queue is opened before anything uses it"
-        return self._queue
+    def _require_state(self) -> State:
+        assert self._state is not None, "the state is opened before anything uses it"
+        return self._state
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -494,18 +499,6 @@ class Daemon:
             f"{_size(o['bytes_done'])}/{_size(o['bytes_expected'])}, {_size(rate)}/s, "
             f"{o['files_failed'] + o['files_quarantined']:,} failed"
         )
-
-
-def _open(
-    settings: Settings,
-) -> tuple[ExitStack, Catalog, Resolution, Layout, Iterator[list[SeriesRecord]]]:
-    stack = ExitStack()
-    try:
-        catalog, resolution, layout = stack.enter_context(resolved(settings))
-        return stack, catalog, resolution, layout, iter(resolution.batches())
-    except BaseException:
-        stack.close()
-        raise
 
 
 def _exit_now(code: int) -> None:

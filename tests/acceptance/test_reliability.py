@@ -95,10 +95,10 @@ LISTING_FAULTS = ("listing_etag", "wrong_etag", "list_omit", "list_extra")
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries back off in milliseconds instead of seconds: the budget is what is tested,
     not the wall clock (the backoff itself is tested in test_retry)."""
-    import idc_sync.run.jobs
+    import idc_sync.run.round
 
     monkeypatch.setattr(
-        idc_sync.run.jobs,
+        idc_sync.run.round,
         "RetryPolicy",
         functools.partial(RetryPolicy, base_delay=0.002, max_delay=0.05),
     )
@@ -141,7 +141,7 @@ def sync_until_complete(settings: Settings, runs: int = 6) -> list[SyncReport]:
         if report.ok:
             break
         # a run that is not complete must say why
-        assert report.problems or report.summary.stopped, "incomplete run reported nothing"
+        assert report.problems or report.round.summary.stopped, "incomplete run reported nothing"
     return reports
 
 
@@ -212,7 +212,7 @@ def test_an_unreproducible_multipart_etag_in_a_listing_does_not_let_bad_bytes_in
     [problem] = [p for p in report.problems if p.key == key]
     assert problem.state == "quarantined"
     assert "impossible multipart ETag" in (problem.reason or "")
-    assert report.summary.files_size_only == 0
+    assert report.round.summary.files_size_only == 0
     # every other object of the selection is placed and verified by its MD5
     kinds = dict(state_rows(settings, "SELECT key, checksum_kind FROM object"))
     assert kinds.pop(key) is None
@@ -435,7 +435,7 @@ def test_eio_from_fsync_discards_that_file_and_fetches_it_again(
 
     assert failed, "the fault was never injected"
     assert report.ok, report.problems
-    assert report.summary.stopped is None
+    assert report.round.summary.stopped is None
     assert s3_server.count("GET", key_prefix=victim) == 2
     assert not Path(failed[0]).exists()  # the copy whose fsync failed is gone
     assert_mirrored(settings.mirror_root, rows, uploaded)

@@ -13,10 +13,12 @@ import duckdb
 import idc_index_data
 import pytest
 
-from idc_sync.catalog.index import Catalog, Resolution, Selection, normalize_collection_id
+from idc_sync.catalog.index import Catalog
+from idc_sync.catalog.resolve import Resolution
 from idc_sync.core.errors import ConfigurationError, SelectionError
 from idc_sync.core.manifest import parse_manifest_text
 from idc_sync.core.model import SeriesRecord, UnknownSelection
+from idc_sync.core.selection import Selection, normalize_collection_id
 
 INDEX = Path(str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH))
 PRIOR = Path(str(idc_index_data.PRIOR_VERSIONS_INDEX_PARQUET_FILEPATH))
@@ -223,9 +225,16 @@ def test_normalize_collection_id_spells_names_as_idc_does() -> None:
 
 def test_unknown_collection_is_reported_and_close_names_suggested(catalog: Catalog) -> None:
     resolution = catalog.resolve(Selection(collections=("QIN-PET-Phantm",)))
-    assert resolution.unknown == [
-        UnknownSelection("collection", "QIN-PET-Phantm", "collections"),
-    ]
+    [unknown] = resolution.unknown
+    assert (unknown.kind, unknown.value, unknown.origin) == (
+        "collection", "QIN-PET-Phantm", "--collection",
+    )  # fmt: skip
+    assert unknown.given
+    assert unknown.removed_after is None
+    assert unknown.suggestions[0] == "qin_pet_phantom"
+    assert unknown.describe().startswith(
+        "unknown collection 'QIN-PET-Phantm' (--collection); did you mean 'qin_pet_phantom'"
+    )
     assert (resolution.series_count, resolution.total_instances, resolution.total_bytes) == (
         0,
         0,
@@ -370,10 +379,10 @@ def test_every_unknown_entry_is_reported_with_its_origin(
     mixed: tuple[Resolution, dict[str, SeriesRecord]],
 ) -> None:
     resolution, _ = mixed
-    assert resolution.unknown == [
-        UnknownSelection("series", "1.2.3.4.5.not.in.idc", "series"),
-        UnknownSelection("crdc_series_uuid", "ffffffff-0000-4000-8000-000000000000", "series"),
-        UnknownSelection("crdc_series_uuid", UNKNOWN_UUID, "cohort.s5cmd:8"),
+    assert [(u.kind, u.value, u.origin, u.given) for u in resolution.unknown] == [
+        ("series", "1.2.3.4.5.not.in.idc", "--series", True),
+        ("crdc_series_uuid", "ffffffff-0000-4000-8000-000000000000", "--series", True),
+        ("crdc_series_uuid", UNKNOWN_UUID, "cohort.s5cmd:8", True),
     ]
 
 
@@ -419,9 +428,10 @@ def test_sql_over_prior_versions_and_literal_values_reports_unknowns(catalog: Ca
     records = by_uuid(all_records(resolution))
     assert set(records) == {PRIOR_TWO_UUID}
     assert records[PRIOR_TWO_UUID].aws_bucket == "idc-open-data-two"
+    # values a query returned are reported, but nobody typed them: not a typo to stop on
     assert resolution.unknown == [
-        UnknownSelection("crdc_series_uuid", "NULL", "sql"),
-        UnknownSelection("crdc_series_uuid", UNKNOWN_UUID, "sql"),
+        UnknownSelection("crdc_series_uuid", "NULL", "--sql", given=False),
+        UnknownSelection("crdc_series_uuid", UNKNOWN_UUID, "--sql", given=False),
     ]
 
 
@@ -433,7 +443,9 @@ def test_unknown_ids_in_the_sql_answer_do_not_hide_named_series(catalog: Catalog
         )
     )
     assert [record.crdc_series_uuid for record in all_records(resolution)] == [PHANTOM_UUID]
-    assert resolution.unknown == [UnknownSelection("series", "1.2.3.4.5.not.in.idc", "sql")]
+    assert resolution.unknown == [
+        UnknownSelection("series", "1.2.3.4.5.not.in.idc", "--sql", given=False)
+    ]
 
 
 def test_failing_sql_is_a_selection_error_with_the_duckdb_message(catalog: Catalog) -> None:
@@ -482,7 +494,7 @@ def test_selection_values_leave_no_file_behind(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     resolution = catalog.resolve(Selection(collections=("qin_pet_phantom",), series=("x\ty",)))
-    assert resolution.unknown == [UnknownSelection("series", "x\ty", "series")]
+    assert resolution.unknown == [UnknownSelection("series", "x\ty", "--series")]
     assert list(tmp_path.iterdir()) == []
 
 

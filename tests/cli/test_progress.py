@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from idc_sync.cli import main as cli
+from idc_sync.cli.progress import ProgressDisplay
 from tests.support import dataset
 from tests.support.s3server import S3TestServer
 
@@ -19,8 +19,7 @@ from tests.support.s3server import S3TestServer
 def test_the_bar_is_told_at_most_every_interval_and_ends_on_the_exact_counts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli, "stderr", Console(file=io.StringIO(), force_terminal=True))
-    display = cli._ProgressDisplay(True)
+    display = ProgressDisplay(True, Console(file=io.StringIO(), force_terminal=True))
     with display:
         progress = display._progress
         assert progress is not None

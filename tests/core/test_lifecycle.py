@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import pytest
 
+from idc_sync.core.errors import IllegalMove
 from idc_sync.core.lifecycle import (
     OBJECT_TRANSITIONS,
     SERIES_TRANSITIONS,
@@ -16,6 +17,8 @@ from idc_sync.core.lifecycle import (
     SeriesExpectation,
     SeriesState,
     can_move,
+    edges,
+    require_move,
     series_verdict,
 )
 
@@ -60,8 +63,10 @@ def test_a_series_is_judged_only_by_the_worker_that_leased_it() -> None:
     for state in judged:
         assert not can_move(SERIES_TRANSITIONS, SeriesState.QUEUED, state)
         assert can_move(SERIES_TRANSITIONS, SeriesState.LEASED, state)
-        # a judged series goes back to the queue before it is worked again, or is retired
-        assert SERIES_TRANSITIONS[state] == frozenset({SeriesState.QUEUED, SeriesState.RETIRED})
+        # a judged series goes back to the queue before it is worked again, or leaves
+        assert SERIES_TRANSITIONS[state] == frozenset(
+            {SeriesState.QUEUED, SeriesState.RETIRING, SeriesState.RETIRED}
+        )
     # a crashed worker's expired lease is taken over directly
     assert can_move(SERIES_TRANSITIONS, SeriesState.LEASED, SeriesState.LEASED)
 
@@ -76,7 +81,8 @@ def test_a_verified_object_is_never_quarantined_or_refused_directly() -> None:
 
 def test_quarantined_and_refused_objects_leave_only_by_an_operator_reset() -> None:
     for state in (ObjectState.QUARANTINED, ObjectState.REFUSED):
-        assert OBJECT_TRANSITIONS[state] == frozenset({ObjectState.PENDING})
+        # or with their series, when it leaves the mirror
+        assert OBJECT_TRANSITIONS[state] == frozenset({ObjectState.PENDING, ObjectState.RETIRED})
     # a refused key (unsafe name, colliding path) is decided by the listing, not a fetch
     assert not can_move(OBJECT_TRANSITIONS, ObjectState.FAILED, ObjectState.REFUSED)
 
@@ -188,3 +194,24 @@ def test_only_a_count_is_checked_when_the_size_is_unknown() -> None:
     count_only = SeriesExpectation(instance_count=81, series_size_bytes=None)
     assert series_verdict(count_only, 81, 1, 81, {}).state is SeriesState.COMPLETE
     assert series_verdict(count_only, 80, 1, 80, {}).state is SeriesState.INCOMPLETE
+
+
+def test_a_retiring_series_either_finishes_or_is_selected_again() -> None:
+    assert SERIES_TRANSITIONS[SeriesState.RETIRING] == frozenset(
+        {SeriesState.RETIRED, SeriesState.QUEUED}
+    )
+    # nobody works on a series that is leaving
+    assert not can_move(SERIES_TRANSITIONS, SeriesState.RETIRING, SeriesState.LEASED)
+    # a retired object comes back only through a listing (then it is restored or fetched)
+    assert OBJECT_TRANSITIONS[ObjectState.RETIRED] == frozenset({ObjectState.PENDING})
+
+
+def test_require_move_names_the_forbidden_edge() -> None:
+    assert require_move(OBJECT_TRANSITIONS, ObjectState.PENDING, ObjectState.DONE) is (
+        ObjectState.DONE
+    )
+    with pytest.raises(IllegalMove, match="done -> refused"):
+        require_move(OBJECT_TRANSITIONS, ObjectState.DONE, ObjectState.REFUSED)
+    with pytest.raises(IllegalMove, match="pending -> pending"):
+        require_move(OBJECT_TRANSITIONS, ObjectState.PENDING, ObjectState.PENDING)
+    assert (SeriesState.LEASED, SeriesState.LEASED) in edges(SERIES_TRANSITIONS)

@@ -14,7 +14,7 @@ import idc_index_data
 import pytest
 
 from idc_sync.config import Settings
-from idc_sync.run.jobs import STATE_DB
+from idc_sync.state.store import STATE_DB
 from tests.support import dataset
 from tests.support.mirror import run, settings_for
 from tests.support.s3server import S3TestServer
@@ -81,13 +81,15 @@ def test_revised_series_new_version_first_then_old_files_moved_out(
     old_names = {key.split("/")[1] for key in old_objects}
     assert live_files(earlier.mirror_root) == old_names
 
-    # The installed release names the series by SeriesInstanceUID: the new version.
-    current = earlier.model_copy(update={"series": [new["SeriesInstanceUID"]]})
+    # The installed release names the series by SeriesInstanceUID: the new version. The
+    # selection changes with the release, so this run prunes (the old uuid would otherwise
+    # stay selected: a mirror keeps what it was given).
+    current = earlier.model_copy(update={"series": [new["SeriesInstanceUID"]], "prune": True})
     report = run(current)
 
     assert report.ok, report.problems
-    assert report.retired.series_retired == 1
-    assert report.retired.files_moved == len(old_objects)
+    assert report.round.retired.series_retired == 1
+    assert report.round.retired.files_moved == len(old_objects)
     assert live_files(current.mirror_root) == {key.split("/")[1] for key in new_objects}
     retired = current.retired_path / f"v{old['max_idc_version']}"
     assert {p.name for p in retired.rglob("*.dcm")} == old_names
@@ -106,12 +108,12 @@ def test_revised_series_whose_new_version_fails_keeps_the_old_files(
     assert run(earlier).ok
     s3_server.faults.add("flip", keys=list(new_objects), on=["GET"])
 
-    current = earlier.model_copy(update={"series": [new["SeriesInstanceUID"]]})
+    current = earlier.model_copy(update={"series": [new["SeriesInstanceUID"]], "prune": True})
     report = run(current)
 
     assert not report.ok
-    assert report.retired.series_retired == 0
-    assert report.retired.series_deferred == 1
+    assert report.round.retired.series_retired == 0
+    assert report.round.retired.series_deferred == 1
     old_names = {key.split("/")[1] for key in old_objects}
     assert old_names <= live_files(current.mirror_root)
     assert series_states(current)[old["crdc_series_uuid"]] != "retired"
@@ -123,7 +125,7 @@ def test_revised_series_whose_new_version_fails_keeps_the_old_files(
         db.execute("UPDATE object SET state = 'pending' WHERE state = 'quarantined'")
     healed = run(current)
     assert healed.ok, healed.problems
-    assert healed.retired.series_retired == 1
+    assert healed.round.retired.series_retired == 1
     assert not old_names & live_files(current.mirror_root)
 
 
@@ -140,11 +142,15 @@ def test_removed_series_retired_by_policy(
     gone_names = {key.split("/")[1] for key in gone_objects}
     assert gone_names <= live_files(earlier.mirror_root)
 
-    current = earlier.model_copy(update={"series": [str(r["crdc_series_uuid"]) for r in staying]})
+    current = earlier.model_copy(
+        update={"series": [str(r["crdc_series_uuid"]) for r in staying], "prune": True,
+                # deleting a third of the mirror needs the operator's word
+                "allow_retire": policy == "delete"}
+    )  # fmt: skip
     report = run(current)
 
     assert report.ok, report.problems
-    assert report.retired.series_retired == 1
+    assert report.round.retired.series_retired == 1
     present = gone_names & live_files(current.mirror_root)
     assert present == (gone_names if policy == "keep" else set())
     assert not current.retired_path.exists()
@@ -180,15 +186,17 @@ def test_series_selected_again_after_retirement_is_adopted_without_fetching(
     dataset.populate(s3_server, rows + other)
     settings = settings_for(tmp_path, s3_server.endpoint, rows + other, retired="keep")
     assert run(settings).ok
-    only_other = settings.model_copy(update={"series": [other[0]["crdc_series_uuid"]]})
-    assert run(only_other).retired.series_retired == 1
+    only_other = settings.model_copy(
+        update={"series": [other[0]["crdc_series_uuid"]], "prune": True, "allow_retire": True}
+    )
+    assert run(only_other).round.retired.series_retired == 1
     s3_server.clear_requests()
 
     again = run(settings)
 
     assert again.ok, again.problems
     assert s3_server.count("GET") == 0  # kept files re-verified, not fetched
-    assert again.summary.files_reverified == int(rows[0]["instanceCount"])
+    assert again.round.summary.files_reverified == int(rows[0]["instanceCount"])
 
 
 def test_tree_from_idc_download_is_adopted_without_fetching_and_mismatches_fetched(
@@ -215,7 +223,7 @@ def test_tree_from_idc_download_is_adopted_without_fetching_and_mismatches_fetch
     report = run(settings)
 
     assert report.ok, report.problems
-    assert report.summary.files_reverified == len(uploaded) - 2
+    assert report.round.summary.files_reverified == len(uploaded) - 2
     assert sorted(str(r.key) for r in s3_server.requests() if r.kind == "GET") == keys[:2]
     assert_mirrored(settings.mirror_root, rows, uploaded)
 
@@ -231,7 +239,7 @@ def test_provenance_manifest_has_one_row_per_verified_file(
 
     report = run(settings)
 
-    assert report.provenance_rows == len(uploaded)
+    assert report.round.provenance_rows == len(uploaded)
     with settings.provenance_path.open(newline="") as handle:
         manifest = list(csv.DictReader(handle))
     by_series = {str(r["crdc_series_uuid"]): r for r in rows}
@@ -265,7 +273,10 @@ def test_plan_shows_revised_added_and_retired_before_anything_happens(
     assert run(earlier).ok
     s3_server.clear_requests()
     current = earlier.model_copy(
-        update={"series": [new["SeriesInstanceUID"], str(added[0]["crdc_series_uuid"])]}
+        update={
+            "series": [new["SeriesInstanceUID"], str(added[0]["crdc_series_uuid"])],
+            "prune": True,
+        }
     )
 
     report = asyncio.run(plan(current))

@@ -66,9 +66,12 @@ def test_shards_of_a_real_collection_cover_it_exactly_once(tmp_path: Path) -> No
     """plan --shard K/N for every K: the tallies add up to the unsharded plan, by series,
     files and bytes, and no series is in two shards."""
     base = {"destination": tmp_path / "mirror", "collections": ["cmb_mel"]}
-    whole = asyncio.run(plan(load_settings(None, **base))).tally
+    whole = asyncio.run(plan(load_settings(None, **base))).outcome.tally
     assert whole.series > 500
-    parts = [asyncio.run(plan(load_settings(None, **base, shard=f"{k}/3"))).tally for k in range(3)]
+    parts = [
+        asyncio.run(plan(load_settings(None, **base, shard=f"{k}/3"))).outcome.tally
+        for k in range(3)
+    ]
     assert sum(p.series for p in parts) == whole.series
     assert sum(p.files for p in parts) == whole.files
     assert sum(p.bytes for p in parts) == whole.bytes

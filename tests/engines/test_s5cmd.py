@@ -68,7 +68,7 @@ def test_sync_with_s5cmd_engine_is_byte_identical_and_verified_by_us(
     report = run(settings)
 
     assert report.ok, report.problems
-    assert report.summary.files_fetched == len(uploaded)
+    assert report.round.summary.files_fetched == len(uploaded)
     assert_mirrored(settings.mirror_root, rows, uploaded)
     kinds = state_rows(settings, "SELECT checksum_kind, COUNT(*) FROM object GROUP BY 1")
     assert kinds == [("md5", len(uploaded))]

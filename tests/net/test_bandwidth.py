@@ -158,7 +158,7 @@ def test_capped_sync_takes_at_least_what_the_cap_allows_and_mirrors_identically(
     elapsed = time.monotonic() - started
 
     assert report.ok, report.problems
-    assert report.summary.bytes_fetched == total
+    assert report.round.summary.bytes_fetched == total
     assert_mirrored(settings.mirror_root, rows, uploaded)
     assert elapsed >= (total - rate * BURST_SECONDS) / rate
 

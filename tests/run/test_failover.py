@@ -31,10 +31,10 @@ Row = Mapping[str, Any]
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries back off in milliseconds: the budget is under test here, not the clock."""
-    import idc_sync.run.jobs
+    import idc_sync.run.round
 
     monkeypatch.setattr(
-        idc_sync.run.jobs,
+        idc_sync.run.round,
         "RetryPolicy",
         functools.partial(RetryPolicy, base_delay=0.002, max_delay=0.02),
     )
@@ -92,7 +92,7 @@ def test_objects_the_source_never_serves_come_from_the_other_cloud_byte_identica
     report = run(settings)
 
     assert report.ok, report.problems
-    assert report.summary.files_failover == 2
+    assert report.round.summary.files_failover == 2
     assert_mirrored(settings.mirror_root, rows, uploaded)
     # the other cloud was asked for exactly the two objects the source failed on
     assert gets(gcs_server) == {broken, corrupt}
@@ -124,7 +124,7 @@ def test_a_series_whose_listing_fails_is_listed_and_fetched_on_the_other_cloud(
     assert s3_server.count("GET", key_prefix=failing) == 0
     served = gets(gcs_server)
     assert served == {key for _, key in uploaded if key.startswith(failing)}
-    assert report.summary.files_failover == len(served)
+    assert report.round.summary.files_failover == len(served)
     notes = {k: note for k, (_, _, note) in object_rows(settings).items()}
     assert all(notes[key].startswith("served by gcs; listing on aws failed") for key in served)
 
@@ -163,7 +163,7 @@ def test_other_bytes_on_the_other_cloud_are_never_placed(
         path = expected_path(settings.mirror_root, _row_of(rows, key), key)
         assert not path.exists()
         assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
-    assert report.summary.files_failover == 0
+    assert report.round.summary.files_failover == 0
 
 
 def _row_of(rows: Sequence[Row], key: str) -> Row:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.support import dataset
-from tests.support.mirror import assert_mirrored, expected_path, run, settings_for, state_rows
+from tests.support.mirror import (
+    assert_mirrored,
+    expected_path,
+    mirror_files,
+    run,
+    settings_for,
+    state_rows,
+)
 from tests.support.s3server import S3TestServer
 
 
@@ -24,8 +31,8 @@ def test_sync_mirrors_real_series_byte_identical_and_records_md5(
     report = run(settings)
 
     assert report.ok, report.problems
-    assert report.summary.series_complete == len(rows)
-    assert report.summary.files_fetched == len(uploaded)
+    assert report.round.summary.series_complete == len(rows)
+    assert report.round.summary.files_fetched == len(uploaded)
     assert_mirrored(settings.mirror_root, rows, uploaded)
     kinds = state_rows(settings, "SELECT checksum_kind, COUNT(*) FROM object GROUP BY 1")
     assert kinds == [("md5", len(uploaded))]
@@ -47,7 +54,7 @@ def test_second_sync_of_complete_mirror_sends_no_request(
 
     assert again.ok
     assert s3_server.requests() == []
-    assert again.summary.files_fetched == 0
+    assert again.round.summary.files_fetched == 0
 
 
 def test_requests_are_anonymous_even_with_aws_credentials_in_environment(
@@ -134,7 +141,7 @@ def test_unverifiable_object_is_recorded_size_only_visibly(
     report = run(settings)
 
     assert report.ok
-    assert report.summary.files_size_only == 1
+    assert report.round.summary.files_size_only == 1
     assert state_rows(settings, "SELECT checksum_kind FROM object") == [("size-only",)]
 
 
@@ -227,7 +234,7 @@ def test_license_policy_excludes_nc_series(tmp_path: Path, s3_server: S3TestServ
     report = run(settings)
 
     assert report.ok, report.problems
-    assert report.tally.excluded_series == 2
+    assert report.plan.tally.excluded_series == 2
     assert_mirrored(settings.mirror_root, open_rows, uploaded)
     assert not any(r.key.startswith(str(nc[0]["crdc_series_uuid"])) for r in s3_server.requests()
                    if r.key)  # fmt: skip
@@ -293,11 +300,12 @@ def test_flat_layout_puts_every_file_in_the_root(tmp_path: Path, s3_server: S3Te
 
     assert run(settings).ok
 
-    names = sorted(p.name for p in settings.mirror_root.iterdir() if p.is_file())
+    names = sorted(p.name for p in settings.mirror_root.iterdir() if p.suffix == ".dcm")
     assert names == sorted(key.split("/")[1] for _, key in uploaded)
+    assert sorted(p.name for p in mirror_files(settings.mirror_root)) == names
 
 
-def test_unknown_series_is_reported_and_strict_makes_it_fatal(
+def test_an_unknown_series_stops_the_run_before_anything_is_created(
     tmp_path: Path, s3_server: S3TestServer
 ) -> None:
     rows = dataset.selection("two")
@@ -306,15 +314,12 @@ def test_unknown_series_is_reported_and_strict_makes_it_fatal(
     settings = settings_for(tmp_path, s3_server.endpoint, rows)
     settings = settings.model_copy(update={"series": [*settings.series, unknown]})
 
-    report = run(settings)
-    assert [u.value for u in report.unknown] == [unknown]
-
     from idc_sync.core.errors import SelectionError
 
-    strict = settings.model_copy(update={"strict": True, "destination": tmp_path / "strict"})
-    with pytest.raises(SelectionError, match=unknown):
-        run(strict)
-    assert not (tmp_path / "strict").exists()
+    with pytest.raises(SelectionError, match=f"unknown SeriesInstanceUID '{unknown}'"):
+        run(settings)
+    assert not settings.mirror_root.exists()
+    assert s3_server.requests() == []
 
 
 @pytest.mark.slow

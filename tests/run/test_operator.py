@@ -249,6 +249,6 @@ def test_unconfirmed_multipart_file_is_re_verified_by_the_next_sync_without_a_ge
     s3_server.clear_requests()
     again = run(settings)
     assert again.ok, again.problems
-    assert again.summary.files_reverified == 1
+    assert again.round.summary.files_reverified == 1
     assert [r.method for r in s3_server.requests() if r.key] == ["HEAD"]  # part size, no GET
     assert_mirrored(settings.mirror_root, rows, uploaded)

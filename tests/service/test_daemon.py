@@ -26,8 +26,8 @@ import pytest
 from idc_sync.config import Settings
 from idc_sync.core.errors import ConfigurationError, StateError
 from idc_sync.core.logs import JsonFormatter, concerns
-from idc_sync.run.jobs import STATE_DB
 from idc_sync.service.sdnotify import Notifier
+from idc_sync.state.store import STATE_DB
 from tests.support import dataset
 from tests.support.daemon import IDC_SYNC, Running, daemon_settings, make_daemon, wait_for
 from tests.support.mirror import assert_mirrored, run
@@ -189,8 +189,10 @@ def test_sighup_reloads_the_config_and_mirrors_what_it_adds(
         status = running.wait_mirrored(len(uploaded))
         assert status["last_plan"]["series"] == len(first + added)
         assert_mirrored(settings.mirror_root, first + added, uploaded)
-        # and one that drops a series: it is retired from the mirror after the next round
-        configs.append(daemon_settings(tmp_path, s3_server.endpoint, added))
+        # and one that drops a series and prunes: it is retired after the next round
+        configs.append(
+            daemon_settings(tmp_path, s3_server.endpoint, added, prune=True, allow_retire=True)
+        )
         running.call(daemon.request_reload)
         kept = {
             k: v for k, v in uploaded.items() if k[1].startswith(str(added[0]["crdc_series_uuid"]))

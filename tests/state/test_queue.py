@@ -1,4 +1,4 @@
-"""Tests of idc_sync.state.queue against real SQLite files: opening and refusing state files,
+"""Tests of the state package against real SQLite files: opening and refusing state files,
 idempotent planning, leases, listings, results and the numbers status reports."""
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from idc_sync.core.errors import StateError
+from idc_sync.core.lifecycle import ObjectState, SeriesState
 from idc_sync.core.model import ObjectResult, ObjectRow, SeriesPlacement, SeriesRecord
-from idc_sync.state.queue import SCHEMA_VERSION, Queue
+from idc_sync.state.database import SCHEMA_VERSION
+from idc_sync.state.store import State
 from tests.support.dataset import real_series, series_size_bytes
 
 ROOT = Path("/srv/idc")
@@ -111,12 +113,20 @@ def object_states(db: Path) -> dict[str, str]:
     return dict(query(db, "SELECT key, state FROM object"))
 
 
-def with_queue(db: Path, scenario: Callable[[Queue], Awaitable[None]]) -> None:
+def with_queue(db: Path, scenario: Callable[[State], Awaitable[None]]) -> None:
     async def main() -> None:
-        async with await Queue.open(db) as queue:
-            await scenario(queue)
+        async with await State.open(db) as state:
+            await scenario(state)
 
     asyncio.run(main())
+
+
+async def enqueue(state: State, placements: list[SeriesPlacement]) -> int:
+    """One plan selecting exactly ``placements``: how many series were new."""
+    async with state.plans.writing() as plan:
+        added = await plan.enqueue(placements)
+        await plan.requeue_reselected()
+    return added
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +154,8 @@ def qin_records() -> list[SeriesRecord]:
 def test_open_creates_a_wal_database_with_the_schema_version(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
 
-    async def nothing(queue: Queue) -> None:
-        assert queue.path == db
+    async def nothing(state: State) -> None:
+        assert state.path == db
 
     with_queue(db, nothing)
     assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
@@ -159,12 +169,12 @@ def test_open_creates_a_wal_database_with_the_schema_version(tmp_path: Path) -> 
 def test_reopening_keeps_what_was_enqueued(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
 
-    async def first(queue: Queue) -> None:
-        assert await queue.enqueue([placement(QIN_UI_81)]) == 1
+    async def first(state: State) -> None:
+        assert await enqueue(state, [placement(QIN_UI_81)]) == 1
 
-    async def second(queue: Queue) -> None:
-        assert await queue.count_selected() == 1
-        [row] = await queue.claim_series("worker", 10, 60)
+    async def second(state: State) -> None:
+        assert await state.reports.count_selected() == 1
+        [row] = await state.queue.claim_series("worker", 10, 60)
         assert row.crdc_series_uuid == QIN_UI_81.crdc_series_uuid
         assert row.instance_count == 81
         assert row.series_size_bytes == 4_761_722
@@ -173,7 +183,7 @@ def test_reopening_keeps_what_was_enqueued(tmp_path: Path) -> None:
     with_queue(db, first)
 
     async def reopen() -> None:
-        async with await Queue.open(db, create=False) as queue:
+        async with await State.open(db, create=False) as queue:
             await second(queue)
 
     asyncio.run(reopen())
@@ -184,7 +194,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as connection:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StateError, match="newer") as caught:
-        asyncio.run(Queue.open(db))
+        asyncio.run(State.open(db))
     assert str(db) in str(caught.value)
     assert f"version {SCHEMA_VERSION + 1}" in str(caught.value)
     # nothing was created in the newer file
@@ -204,7 +214,7 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name_and_left_alone(
     db = tmp_path / "state.sqlite"
     db.write_bytes(content)
     with pytest.raises(StateError) as caught:
-        asyncio.run(Queue.open(db))
+        asyncio.run(State.open(db))
     assert str(db) in str(caught.value)
     assert db.read_bytes() == content
 
@@ -212,7 +222,7 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name_and_left_alone(
 def test_open_without_create_refuses_a_missing_file_and_creates_nothing(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     with pytest.raises(StateError) as caught:
-        asyncio.run(Queue.open(db, create=False))
+        asyncio.run(State.open(db, create=False))
     assert str(db) in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -222,7 +232,7 @@ def test_open_without_create_refuses_a_foreign_sqlite_database(tmp_path: Path) -
     with contextlib.closing(sqlite3.connect(db)) as connection:
         connection.execute("CREATE TABLE patients (id TEXT)")
     with pytest.raises(StateError, match="not an idc-sync state database"):
-        asyncio.run(Queue.open(db, create=False))
+        asyncio.run(State.open(db, create=False))
     assert [name for (name,) in query(db, "SELECT name FROM sqlite_master")] == ["patients"]
 
 
@@ -235,15 +245,15 @@ def test_enqueueing_the_same_selection_twice_adds_nothing_and_keeps_states(
     db = tmp_path / "state.sqlite"
     selection = [placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)]
 
-    async def scenario(queue: Queue) -> None:
-        assert await queue.enqueue(selection) == 3
-        [leased] = await queue.claim_series("worker", 1, 60)
-        tally = await queue.tally(leased.crdc_series_uuid)
-        await queue.finish_series(leased.crdc_series_uuid, "complete", tally, None)
-        assert len(await queue.claim_series("worker", 1, 60)) == 1
+    async def scenario(state: State) -> None:
+        assert await enqueue(state, selection) == 3
+        [leased] = await state.queue.claim_series("worker", 1, 60)
+        tally = await state.queue.tally(leased.crdc_series_uuid)
+        await state.queue.finish_series(leased.crdc_series_uuid, SeriesState.COMPLETE, tally, None)
+        assert len(await state.queue.claim_series("worker", 1, 60)) == 1
         before = query(db, "SELECT * FROM series ORDER BY crdc_series_uuid")
 
-        assert await queue.enqueue(selection) == 0
+        assert await enqueue(state, selection) == 0
         assert query(db, "SELECT * FROM series ORDER BY crdc_series_uuid") == before
 
     with_queue(db, scenario)
@@ -253,15 +263,15 @@ def test_enqueueing_the_same_selection_twice_adds_nothing_and_keeps_states(
 def test_a_new_plan_selects_only_what_it_enqueues(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
-        await queue.begin_plan()
-        assert await queue.count_selected() == 0
-        assert await queue.enqueue([placement(QIN_UW_47)]) == 0
-        assert await queue.count_selected() == 1
-        claimed = await queue.claim_series("worker", 10, 60)
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
+        assert await state.reports.count_selected() == 3
+        assert await enqueue(state, [placement(QIN_UW_47)]) == 0
+        assert await state.reports.count_selected() == 1
+        claimed = await state.queue.claim_series("worker", 10, 60)
         assert [row.crdc_series_uuid for row in claimed] == [QIN_UW_47.crdc_series_uuid]
-        assert [c.collection_id for c in await queue.status_by_collection()] == ["qin_pet_phantom"]
+        totals = await state.reports.status_by_collection()
+        assert [c.collection_id for c in totals] == ["qin_pet_phantom"]
 
     with_queue(db, scenario)
     selected = dict(query(db, "SELECT crdc_series_uuid, selected FROM series"))
@@ -277,11 +287,11 @@ def test_enqueue_records_a_manifest_instance_subset(tmp_path: Path) -> None:
     instances = frozenset(o.key.split("/")[1][:-4] for o in objects_of(QIN_UI_81, 2))
     subset = dataclasses.replace(QIN_UI_81, instances=instances)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
         # the same series, later named instance by instance in a manifest
-        assert await queue.enqueue([placement(subset)]) == 0
-        [row] = await queue.claim_series("worker", 1, 60)
+        assert await enqueue(state, [placement(subset)]) == 0
+        [row] = await state.queue.claim_series("worker", 1, 60)
         assert row.instances == instances
 
     with_queue(db, scenario)
@@ -293,12 +303,12 @@ def test_enqueue_records_a_manifest_instance_subset(tmp_path: Path) -> None:
 def test_claim_leases_at_most_limit_and_never_the_same_series_twice(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
-        assert await queue.claim_series("a", 0, 60, now=1000.0) == []
-        first = await queue.claim_series("a", 2, 60, now=1000.0)
-        second = await queue.claim_series("b", 2, 60, now=1001.0)
-        third = await queue.claim_series("c", 2, 60, now=1002.0)
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
+        assert await state.queue.claim_series("a", 0, 60, now=1000.0) == []
+        first = await state.queue.claim_series("a", 2, 60, now=1000.0)
+        second = await state.queue.claim_series("b", 2, 60, now=1001.0)
+        third = await state.queue.claim_series("c", 2, 60, now=1002.0)
         assert len(first) == 2
         assert len(second) == 1
         assert third == []
@@ -316,11 +326,11 @@ def test_claim_leases_at_most_limit_and_never_the_same_series_twice(tmp_path: Pa
 def test_an_expired_lease_is_taken_over_and_a_valid_one_is_not(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        [held] = await queue.claim_series("crashed", 5, 60, now=1000.0)
-        assert await queue.claim_series("other", 5, 60, now=1059.0) == []
-        [taken] = await queue.claim_series("other", 5, 60, now=1061.0)
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        [held] = await state.queue.claim_series("crashed", 5, 60, now=1000.0)
+        assert await state.queue.claim_series("other", 5, 60, now=1059.0) == []
+        [taken] = await state.queue.claim_series("other", 5, 60, now=1061.0)
         assert taken.crdc_series_uuid == held.crdc_series_uuid
         assert taken.attempts == 2
 
@@ -334,28 +344,27 @@ def test_concurrent_claims_from_two_owners_never_overlap(
     db = tmp_path / "state.sqlite"
     assert len(qin_records) == 44
 
-    async def drain(queue: Queue, owner: str, started: asyncio.Barrier) -> list[str]:
-        claimed = [row.crdc_series_uuid for row in await queue.claim_series(owner, 2, 600)]
+    async def drain(state: State, owner: str, started: asyncio.Barrier) -> list[str]:
+        claimed = [row.crdc_series_uuid for row in await state.queue.claim_series(owner, 2, 600)]
         # both owners hold work before either goes on, so the claims below really race
         await started.wait()
-        while batch := await queue.claim_series(owner, 2, 600):
+        while batch := await state.queue.claim_series(owner, 2, 600):
             claimed.extend(row.crdc_series_uuid for row in batch)
             await asyncio.sleep(0.002)
         return claimed
 
     async def scenario() -> tuple[list[str], list[str], list[str], list[str]]:
-        async with await Queue.open(db) as shared:
-            await shared.enqueue([placement(record) for record in qin_records])
+        async with await State.open(db) as shared:
+            await enqueue(shared, [placement(record) for record in qin_records])
             # two owners on one connection, as the workers of one process are
             started = asyncio.Barrier(2)
             one, two = await asyncio.gather(
                 drain(shared, "w1", started), drain(shared, "w2", started)
             )
-            await shared.begin_plan()
-            await shared.enqueue([placement(record) for record in qin_records])
-            await shared.requeue_unfinished()
+            await enqueue(shared, [placement(record) for record in qin_records])
+            await shared.queue.requeue_unfinished()
         # two connections on one file, as two processes would be
-        async with await Queue.open(db) as first, await Queue.open(db) as second:
+        async with await State.open(db) as first, await State.open(db) as second:
             started = asyncio.Barrier(2)
             three, four = await asyncio.gather(
                 drain(first, "p1", started), drain(second, "p2", started)
@@ -379,12 +388,14 @@ def test_record_listing_inserts_pending_objects_and_is_idempotent(tmp_path: Path
     db = tmp_path / "state.sqlite"
     listing = objects_of(QIN_UI_81, 3)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        assert await queue.record_listing(listing) == []
-        await queue.record_results([ObjectResult(listing[0].key, "done", 1, None, "md5", "x")])
-        assert await queue.record_listing(listing) == []
-        fetch = await queue.objects_to_fetch(QIN_UI_81.crdc_series_uuid)
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        assert await state.queue.record_listing(listing) == []
+        await state.queue.record_results(
+            [ObjectResult(listing[0].key, ObjectState.DONE, 1, None, "md5", "x")]
+        )
+        assert await state.queue.record_listing(listing) == []
+        fetch = await state.queue.objects_to_fetch(QIN_UI_81.crdc_series_uuid)
         assert [o.key for o in fetch] == sorted(o.key for o in listing[1:])
         assert fetch[0].path == next(o.path for o in listing if o.key == fetch[0].key)
 
@@ -400,12 +411,12 @@ def test_a_relisting_updates_the_etag_of_unfinished_objects_only(tmp_path: Path)
     db = tmp_path / "state.sqlite"
     done, pending = objects_of(QIN_UI_81, 2)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        await queue.record_listing([done, pending])
-        await queue.record_results([ObjectResult(done.key, "done", 1)])
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.record_listing([done, pending])
+        await state.queue.record_results([ObjectResult(done.key, ObjectState.DONE, 1)])
         changed = [dataclasses.replace(o, etag="f" * 32, size=60_000) for o in (done, pending)]
-        assert await queue.record_listing(changed) == []
+        assert await state.queue.record_listing(changed) == []
 
     with_queue(db, scenario)
     assert dict(query(db, "SELECT key, etag || ' ' || size FROM object")) == {
@@ -422,12 +433,12 @@ def test_two_keys_with_one_local_path_report_a_collision_and_write_only_the_firs
     clash = dataclasses.replace(other, path=first.path)
     clash_later = dataclasses.replace(third, path=first.path)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        collisions = await queue.record_listing([first, clash])
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        collisions = await state.queue.record_listing([first, clash])
         assert collisions == [(clash, first.key)]
         # a later listing colliding with a stored object is caught the same way
-        assert await queue.record_listing([clash_later]) == [(clash_later, first.key)]
+        assert await state.queue.record_listing([clash_later]) == [(clash_later, first.key)]
 
     with_queue(db, scenario)
     assert query(db, "SELECT key, path FROM object") == [(first.key, str(first.path))]
@@ -437,15 +448,15 @@ def test_record_results_writes_a_batch(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     a, b, c, d = objects_of(QIN_UI_81, 4)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        await queue.record_listing([a, b, c, d])
-        await queue.record_results([])
-        await queue.record_results(
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.record_listing([a, b, c, d])
+        await state.queue.record_results([])
+        await state.queue.record_results(
             [
-                ObjectResult(a.key, "done", 1, None, "md5", a.etag),
-                ObjectResult(b.key, "failed", 6, "503 SlowDown"),
-                ObjectResult(c.key, "quarantined", 3, "md5 mismatch"),
+                ObjectResult(a.key, ObjectState.DONE, 1, None, "md5", a.etag),
+                ObjectResult(b.key, ObjectState.FAILED, 6, "503 SlowDown"),
+                ObjectResult(c.key, ObjectState.QUARANTINED, 3, "md5 mismatch"),
             ]
         )
 
@@ -472,23 +483,23 @@ def test_tally_counts_states_and_done_bytes_and_leaves_refused_out_of_the_listin
     db = tmp_path / "state.sqlite"
     listing = objects_of(QIN_UI_81, 5, size=58_786)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        await queue.record_listing(listing[:4])
-        await queue.refuse_object(listing[4], "local path already belongs to another key")
-        await queue.record_results(
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.record_listing(listing[:4])
+        await state.queue.refuse_object(listing[4], "local path already belongs to another key")
+        await state.queue.record_results(
             [
-                ObjectResult(listing[0].key, "done", 1),
-                ObjectResult(listing[1].key, "done", 2),
-                ObjectResult(listing[2].key, "failed", 6, "timeout"),
+                ObjectResult(listing[0].key, ObjectState.DONE, 1),
+                ObjectResult(listing[1].key, ObjectState.DONE, 2),
+                ObjectResult(listing[2].key, ObjectState.FAILED, 6, "timeout"),
             ]
         )
-        tally = await queue.tally(QIN_UI_81.crdc_series_uuid)
+        tally = await state.queue.tally(QIN_UI_81.crdc_series_uuid)
         assert tally.files_done == 2
         assert tally.bytes_done == 2 * 58_786
         assert tally.listed == 4
         assert tally.by_state == {"done": 2, "failed": 1, "pending": 1, "refused": 1}
-        empty = await queue.tally(QIN_UW_47.crdc_series_uuid)
+        empty = await state.queue.tally(QIN_UW_47.crdc_series_uuid)
         assert (empty.files_done, empty.bytes_done, empty.listed, empty.by_state) == (0, 0, 0, {})
 
     with_queue(db, scenario)
@@ -498,17 +509,17 @@ def test_finish_series_records_the_verdict_and_releases_the_lease(tmp_path: Path
     db = tmp_path / "state.sqlite"
     listing = objects_of(QIN_UI_81, 2)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81)])
-        await queue.claim_series("worker", 1, 60, now=1000.0)
-        await queue.record_listing(listing)
-        await queue.record_results([ObjectResult(listing[0].key, "done", 1)])
-        tally = await queue.tally(QIN_UI_81.crdc_series_uuid)
-        await queue.finish_series(
-            QIN_UI_81.crdc_series_uuid, "incomplete", tally, "1 of 81 files verified"
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.claim_series("worker", 1, 60, now=1000.0)
+        await state.queue.record_listing(listing)
+        await state.queue.record_results([ObjectResult(listing[0].key, ObjectState.DONE, 1)])
+        tally = await state.queue.tally(QIN_UI_81.crdc_series_uuid)
+        await state.queue.finish_series(
+            QIN_UI_81.crdc_series_uuid, SeriesState.INCOMPLETE, tally, "1 of 81 files verified"
         )
         # a finished series is not claimed again, however late it is
-        assert await queue.claim_series("other", 1, 60, now=10**10) == []
+        assert await state.queue.claim_series("other", 1, 60, now=10**10) == []
 
     with_queue(db, scenario)
     assert query(
@@ -525,31 +536,32 @@ def test_requeue_unfinished_retries_failures_but_leaves_quarantined_and_refused(
     work = objects_of(incomplete, 5)
     dropped_objects = objects_of(dropped, 1)
 
-    async def finish(queue: Queue, record: SeriesRecord, state: str) -> None:
-        tally = await queue.tally(record.crdc_series_uuid)
-        await queue.finish_series(record.crdc_series_uuid, state, tally, f"was {state}")
+    async def finish(state: State, record: SeriesRecord, verdict: SeriesState) -> None:
+        tally = await state.queue.tally(record.crdc_series_uuid)
+        await state.queue.finish_series(record.crdc_series_uuid, verdict, tally, f"was {verdict}")
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(r) for r in (incomplete, failed, leased, complete, dropped)])
-        assert len(await queue.claim_series("worker", 5, 600)) == 5
-        await queue.record_listing(work + dropped_objects)
-        await queue.record_results(
+    async def scenario(state: State) -> None:
+        await enqueue(
+            state, [placement(r) for r in (incomplete, failed, leased, complete, dropped)]
+        )
+        assert len(await state.queue.claim_series("worker", 5, 600)) == 5
+        await state.queue.record_listing(work + dropped_objects)
+        await state.queue.record_results(
             [
-                ObjectResult(work[0].key, "done", 1),
-                ObjectResult(work[1].key, "failed", 6, "timeout"),
-                ObjectResult(work[2].key, "quarantined", 3, "md5 mismatch"),
-                ObjectResult(dropped_objects[0].key, "failed", 6, "timeout"),
+                ObjectResult(work[0].key, ObjectState.DONE, 1),
+                ObjectResult(work[1].key, ObjectState.FAILED, 6, "timeout"),
+                ObjectResult(work[2].key, ObjectState.QUARANTINED, 3, "md5 mismatch"),
+                ObjectResult(dropped_objects[0].key, ObjectState.FAILED, 6, "timeout"),
             ]
         )
-        await queue.refuse_object(work[3], "key is not <uuid>.dcm")
-        await finish(queue, incomplete, "incomplete")
-        await finish(queue, failed, "failed")
-        await finish(queue, complete, "complete")
-        await finish(queue, dropped, "incomplete")
+        await state.queue.refuse_object(work[3], "key is not <uuid>.dcm")
+        await finish(state, incomplete, SeriesState.INCOMPLETE)
+        await finish(state, failed, SeriesState.FAILED)
+        await finish(state, complete, SeriesState.COMPLETE)
+        await finish(state, dropped, SeriesState.INCOMPLETE)
         # the next plan no longer selects `dropped`
-        await queue.begin_plan()
-        await queue.enqueue([placement(r) for r in (incomplete, failed, leased, complete)])
-        await queue.requeue_unfinished()
+        await enqueue(state, [placement(r) for r in (incomplete, failed, leased, complete)])
+        await state.queue.requeue_unfinished()
 
     with_queue(db, scenario)
     assert series_states(db) == {
@@ -579,24 +591,24 @@ def test_status_by_collection_and_problems_report_the_right_numbers(tmp_path: Pa
     qin_b = objects_of(QIN_UW_47, 2, size=136_836)
     nc = objects_of(RICORD_NC, 2, size=386_440)
 
-    async def scenario(queue: Queue) -> None:
-        await queue.enqueue([placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
-        await queue.claim_series("worker", 3, 600)
-        await queue.record_listing(qin_a + qin_b + nc)
-        await queue.record_results(
-            [ObjectResult(o.key, "done", 1) for o in qin_a + qin_b[:1] + nc]
-            + [ObjectResult(qin_b[1].key, "quarantined", 3, "md5 mismatch")]
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81), placement(QIN_UW_47), placement(RICORD_NC)])
+        await state.queue.claim_series("worker", 3, 600)
+        await state.queue.record_listing(qin_a + qin_b + nc)
+        await state.queue.record_results(
+            [ObjectResult(o.key, ObjectState.DONE, 1) for o in qin_a[:2] + qin_b[:1] + nc]
+            + [ObjectResult(qin_b[1].key, ObjectState.QUARANTINED, 3, "md5 mismatch")]
         )
-        await queue.refuse_object(qin_a[2], "local path already belongs to another key")
-        for record, state, reason in (
-            (QIN_UI_81, "incomplete", "2 of 81 files verified"),
-            (QIN_UW_47, "incomplete", "1 quarantined"),
-            (RICORD_NC, "complete", None),
+        await state.queue.refuse_object(qin_a[2], "local path already belongs to another key")
+        for record, verdict, reason in (
+            (QIN_UI_81, SeriesState.INCOMPLETE, "2 of 81 files verified"),
+            (QIN_UW_47, SeriesState.INCOMPLETE, "1 quarantined"),
+            (RICORD_NC, SeriesState.COMPLETE, None),
         ):
-            tally = await queue.tally(record.crdc_series_uuid)
-            await queue.finish_series(record.crdc_series_uuid, state, tally, reason)
+            tally = await state.queue.tally(record.crdc_series_uuid)
+            await state.queue.finish_series(record.crdc_series_uuid, verdict, tally, reason)
 
-        midrc, qin = await queue.status_by_collection()
+        midrc, qin = await state.reports.status_by_collection()
         assert dataclasses.astuple(midrc) == (
             "midrc_ricord_1a", 1, 1, 2, 2, 772_880, 772_880, 0, 0, 0,
         )  # fmt: skip
@@ -606,7 +618,9 @@ def test_status_by_collection_and_problems_report_the_right_numbers(tmp_path: Pa
         assert (qin.bytes_expected, qin.bytes_done) == (4_761_722 + 6_431_312, 2 * 58_786 + 136_836)
         assert (qin.files_failed, qin.files_quarantined) == (1, 1)
 
-        problems = {(p.crdc_series_uuid, p.key, p.state, p.reason) for p in await queue.problems()}
+        problems = {
+            (p.crdc_series_uuid, p.key, p.state, p.reason) for p in await state.reports.problems()
+        }
         assert problems == {
             (QIN_UI_81.crdc_series_uuid, qin_a[2].key, "refused",
              "local path already belongs to another key"),
@@ -614,8 +628,8 @@ def test_status_by_collection_and_problems_report_the_right_numbers(tmp_path: Pa
             (QIN_UI_81.crdc_series_uuid, None, "incomplete", "2 of 81 files verified"),
             (QIN_UW_47.crdc_series_uuid, None, "incomplete", "1 quarantined"),
         }  # fmt: skip
-        assert len(await queue.problems(limit=2)) == 2
-        assert await queue.done_bytes_of(
+        assert len(await state.reports.problems(limit=2)) == 2
+        assert await state.plans.done_of(
             [QIN_UI_81.crdc_series_uuid, RICORD_NC.crdc_series_uuid]
         ) == (
             2 + 2,

@@ -13,8 +13,7 @@ from typing import Any
 
 from idc_sync.config import Settings
 from idc_sync.core.model import CollectionStatus
-from idc_sync.run.jobs import STATE_DB
-from idc_sync.state.queue import Queue
+from idc_sync.state.store import STATE_DB, State
 from tests.support import dataset
 from tests.support.daemon import Running, daemon_settings, make_daemon, wait_for
 from tests.support.mirror import Row, run, settings_for
@@ -22,8 +21,8 @@ from tests.support.s3server import S3TestServer
 
 
 async def _both(db: Path) -> tuple[list[CollectionStatus], list[CollectionStatus]]:
-    async with await Queue.open(db, create=False) as queue:
-        return await queue.collection_totals(), await queue.status_by_collection()
+    async with await State.open(db, create=False) as state:
+        return await state.reports.collection_totals(), await state.reports.status_by_collection()
 
 
 def assert_totals_exact(settings: Settings) -> list[CollectionStatus]:
@@ -75,11 +74,12 @@ def test_totals_equal_a_recount_after_failures_retries_replans_and_restarts(
     assert overall["series_complete"] == len(rows) - 1
 
     async def operator(db: Path) -> None:
-        async with await Queue.open(db) as queue:
-            await queue.retry_failed()
-            assert await queue.collection_totals() == await queue.status_by_collection()
-            done = await queue.objects_done(limit=3)
-            await queue.mark_for_refetch([d.key for d in done], "damaged on disk")
+        async with await State.open(db) as state:
+            await state.repairs.retry_failed()
+            recount = await state.reports.status_by_collection()
+            assert await state.reports.collection_totals() == recount
+            done = await state.repairs.objects_done(limit=3)
+            await state.repairs.mark_for_refetch([d.key for d in done], "damaged on disk")
 
     asyncio.run(operator(settings.state_path / STATE_DB))
     assert_totals_exact(settings)
@@ -87,7 +87,10 @@ def test_totals_equal_a_recount_after_failures_retries_replans_and_restarts(
     # replan: one series leaves (retired), one arrives; the faults are gone
     s3_server.faults.clear()
     s3_server.put(str(rows[0]["aws_bucket"]), chosen["missing"], b"\0" * 10)
-    replanned = settings_for(tmp_path, s3_server.endpoint, small + nc + single, **failing)
+    replanned = settings_for(
+        tmp_path, s3_server.endpoint, small + nc + single, **failing, prune=True,
+        allow_retire=True,
+    )  # fmt: skip
     run(replanned)
     totals = assert_totals_exact(replanned)
     assert {c.collection_id for c in totals} == {
@@ -111,12 +114,17 @@ def test_state_made_before_the_totals_is_counted_once_when_opened(
                             max_integrity_attempts=2)  # fmt: skip
     run(settings)
     expected = assert_totals_exact(settings)
+    # the state as idc-sync made it before schema version 2: no totals, nothing of version 3
     with sqlite3.connect(settings.state_path / STATE_DB) as db:
         for kind, name in db.execute(
             "SELECT type, name FROM sqlite_master WHERE name LIKE 'totals_%' "
-            "OR name IN ('collection_totals', 'series_object_totals', 'object_problems')"
+            "OR name IN ('collection_totals', 'series_object_totals', 'object_problems', "
+            "'meta', 'selection')"
         ).fetchall():
             db.execute(f"DROP {kind.upper()} {name}")
+        db.execute("ALTER TABLE series DROP COLUMN leaving")
+        db.execute("ALTER TABLE object DROP COLUMN retired_path")
+        db.execute("PRAGMA user_version = 1")
 
     assert assert_totals_exact(settings) == expected  # seeded by one full count
     s3_server.faults.clear()
@@ -140,7 +148,8 @@ def test_daemon_status_equals_a_recount_after_a_round_with_failures_and_a_replan
                                max_integrity_attempts=2)  # fmt: skip
     # the reloaded config caps bandwidth (far above what the test needs): /status says so
     reloaded = daemon_settings(tmp_path, s3_server.endpoint, later, max_attempts=2,
-                               max_bytes_per_second=500_000_000)  # fmt: skip
+                               max_bytes_per_second=500_000_000, prune=True,
+                               allow_retire=True)  # fmt: skip
     daemon = make_daemon(settings, reload=lambda: reloaded)
 
     with Running(daemon) as running:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from idc_sync.config import Settings, load_settings
-from idc_sync.run.jobs import STATE_DB, SyncReport, sync
+from idc_sync.run.binding import MARKER
+from idc_sync.run.jobs import SyncReport, sync
+from idc_sync.state.store import STATE_DB
 
 Row = Mapping[str, Any]
 
@@ -52,8 +54,19 @@ def assert_mirrored(root: Path, rows: Sequence[Row], uploaded: Mapping[tuple[str
         row = by_series[key.split("/")[0]]
         path = expected_path(root, row, key)
         assert path.read_bytes() == data, f"{path} differs from {key}"
-    files = [p for p in root.rglob("*") if p.is_file() and ".idc-sync" not in p.parts]
+    files = mirror_files(root)
     assert len(files) == len(uploaded), "the mirror holds files nobody asked for"
+
+
+def mirror_files(root: Path) -> list[Path]:
+    """Every file under the mirror root but the state directory and the mirror's marker."""
+    return [
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and ".idc-sync" not in path.relative_to(root).parts
+        and path.name != MARKER
+    ]
 
 
 def state_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

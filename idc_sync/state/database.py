@@ -1,0 +1,266 @@
+"""One SQLite state database: open it (WAL), bring its schema to the current version with the
+numbered migrations in ``sql/``, install the life-cycle guards, run the named queries of
+``sql/queries.sql``, and turn SQLite's own failures (a full disk, a read-only file system,
+a file that is no database) into idc-sync's error tree, naming the database.
+
+One connection writes, and every write transaction takes turns on it (``transaction``); a
+second connection reads what was committed, so ``status`` never sees half a plan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from idc_sync.core.errors import IllegalMove, LocalStorageError, StateError
+from idc_sync.state.guards import ILLEGAL_MOVE, ILLEGAL_START, guard_statements
+
+# Every change to the schema is a new numbered file here and bumps the version by one.
+MIGRATIONS = ("001_queue.sql", "002_running_totals.sql", "003_mirror_binding.sql")
+SCHEMA_VERSION = len(MIGRATIONS)
+
+Params = Mapping[str, Any]
+
+
+@cache
+def _sql(name: str) -> str:
+    return (files("idc_sync.state") / "sql" / name).read_text(encoding="utf-8")
+
+
+@cache
+def queries() -> Mapping[str, str]:
+    """The named queries of sql/queries.sql."""
+    found: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", _sql("queries.sql"), flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        found[name.strip()] = body.strip()
+    return found
+
+
+def json_list(values: Iterable[str]) -> str:
+    """A list parameter for ``json_each``."""
+    return json.dumps(list(values))
+
+
+def storage_error(error: sqlite3.Error, path: Path) -> Exception:
+    """Our error for a failure SQLite reports on the state database at ``path``."""
+    text = str(error)
+    lowered = text.lower()
+    if ILLEGAL_MOVE in lowered or ILLEGAL_START in lowered:
+        return IllegalMove(f"{text} (see core/lifecycle.py)")
+    if "disk is full" in lowered:
+        return LocalStorageError(f"no space left on device writing the state database {path}")
+    if "readonly" in lowered or "read-only" in lowered:
+        return LocalStorageError(f"read-only: cannot write the state database {path}")
+    if "disk i/o error" in lowered:
+        return LocalStorageError(f"I/O error on the state database {path}")
+    if "unable to open" in lowered:
+        return StateError(f"cannot open the state database {path} (permission denied or gone)")
+    if "locked" in lowered:
+        return StateError(f"the state database {path} is locked by another program")
+    if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.IntegrityError):
+        return StateError(
+            f"state database {path} is unreadable ({text}); it is not an idc-sync state file "
+            "or it is corrupted. No mirrored file was touched."
+        )
+    return error
+
+
+def peek_selection(path: Path) -> list[tuple[str, str, str]]:
+    """The mirror's own selection (part, value, origin), read without opening the state for
+    writing (no migration, no lock): what a run resolves before it takes the state's lock.
+    Empty for a state that has none yet."""
+    if not path.exists():
+        return []
+    # Without a WAL file nobody is writing: read it as immutable, which leaves no -shm or
+    # -wal file behind (a refused run must change nothing). A write that starts meanwhile
+    # is caught by the caller, which compares the selection again under the lock.
+    live = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.as_uri()}?{'mode=ro' if live else 'immutable=1'}"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            db.execute("PRAGMA busy_timeout = 10000")
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'selection'"
+            ).fetchone()
+            if found is None:
+                return []
+            rows = db.execute(queries()["stored_selection"]).fetchall()
+    except sqlite3.Error as error:
+        raise storage_error(error, path) from None
+    return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+class Database:
+    """The state database of one state directory; open with ``await Database.open(path)``."""
+
+    def __init__(self, writer: aiosqlite.Connection, path: Path) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader: aiosqlite.Connection | None = None
+        # One connection serves every coroutine: writes take turns, each in its own
+        # transaction, or one coroutine's statements would land in another's.
+        self._write_lock = asyncio.Lock()
+        self._queries = queries()
+        self._closed = False
+        self._opening_reader = asyncio.Lock()
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, create: bool = True) -> Database:
+        """Open (and with ``create``, make or upgrade) the state at ``path``. StateError when
+        it is missing without ``create``, not ours, or from a newer idc-sync."""
+        if not create and not path.exists():  # noqa: ASYNC240 - one stat before opening
+            raise StateError(f"no idc-sync state at {path}")
+        try:
+            writer = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StateError(f"cannot open state database {path}: {error}") from None
+        database = cls(writer, path)
+        try:
+            await database._prepare(create)
+        except sqlite3.Error as error:
+            await writer.close()
+            raise storage_error(error, path) from None
+        except BaseException:
+            await writer.close()
+            raise
+        return database
+
+    async def _prepare(self, create: bool) -> None:
+        db = self._writer
+        await db.execute("PRAGMA busy_timeout = 10000")
+        version = await self._user_version()
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state database {self.path} has schema version {version}, newer than this "
+                f"idc-sync understands ({SCHEMA_VERSION}); upgrade idc-sync"
+            )
+        if version == 0 and not create:
+            cursor = await db.execute("SELECT count(*) FROM sqlite_master")
+            row = await cursor.fetchone()
+            if row is not None and int(row[0]) > 0:
+                raise StateError(f"{self.path} is not an idc-sync state database")
+            raise StateError(f"no idc-sync state at {self.path}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL may lose the last commits on power loss, never consistency; a lost
+        # "done" only means the file is re-verified (not fetched) on the next run.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        # Random UUID keys touch pages all over the B-trees; a 64 MB cache keeps a
+        # 600k-series plan from thrashing (the default is 2 MB).
+        await db.execute("PRAGMA cache_size = -65536")
+        if version < SCHEMA_VERSION:
+            await self._migrate(version)
+        for statement in guard_statements():
+            await db.execute(statement)
+        await db.execute(self._queries["create_listing"])
+
+    async def _user_version(self) -> int:
+        cursor = await self._writer.execute("PRAGMA user_version")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self, version: int) -> None:
+        """Apply the migrations after ``version``, each in its own transaction with its
+        version number, so a run killed in the middle leaves a state of one version."""
+        if version == 1 and await self._has_table("collection_totals"):
+            # idc-sync before schema files created the running totals without a version
+            version = 2
+            await self._writer.execute("PRAGMA user_version = 2")
+        async with self._write_lock:
+            for number in range(version, SCHEMA_VERSION):
+                script = _sql(MIGRATIONS[number])
+                try:
+                    await self._writer.executescript(
+                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+                    )
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+
+    async def _has_table(self, name: str) -> bool:
+        cursor = await self._writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
+        return await cursor.fetchone() is not None
+
+    async def close(self) -> None:
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+        await self._writer.close()
+
+    # -- statements ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction; everything in it is committed together or not at all."""
+        async with self._write_lock:
+            await self._guarded(self._writer.execute("BEGIN IMMEDIATE"))
+            try:
+                yield
+                await self._guarded(self._writer.execute("COMMIT"))
+            except BaseException:
+                # A failed COMMIT (disk full) leaves the transaction open: end it, or the
+                # next BEGIN fails with "cannot start a transaction within a transaction".
+                if self._writer.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._writer.execute("ROLLBACK")
+                raise
+
+    async def _guarded(self, call: Any) -> Any:
+        try:
+            return await call
+        except sqlite3.Error as error:
+            raise storage_error(error, self.path) from None
+
+    async def execute(self, name: str, params: Params | None = None) -> int:
+        """Run one named statement; returns how many rows it changed."""
+        cursor = await self._guarded(self._writer.execute(self._queries[name], params or {}))
+        return int(cursor.rowcount)
+
+    async def executemany(self, name: str, rows: Iterable[Params]) -> None:
+        await self._guarded(self._writer.executemany(self._queries[name], rows))
+
+    async def fetchall(self, name: str, params: Params | None = None) -> list[Sequence[Any]]:
+        """Rows of a named query, on the writing connection (sees this run's own writes)."""
+        cursor = await self._guarded(self._writer.execute(self._queries[name], params or {}))
+        return list(await self._guarded(cursor.fetchall()))
+
+    async def fetchone(self, name: str, params: Params | None = None) -> Sequence[Any] | None:
+        rows = await self.fetchall(name, params)
+        return rows[0] if rows else None
+
+    async def _reading(self) -> aiosqlite.Connection:
+        """The reports' connection, made on first use (by one caller, however many ask)."""
+        async with self._opening_reader:
+            if self._closed:
+                raise StateError(f"the state database {self.path} is closed")
+            if self._reader is None:
+                reader = await self._guarded(aiosqlite.connect(self.path, isolation_level=None))
+                if self._closed:  # closed while the connection was being made
+                    await reader.close()
+                    raise StateError(f"the state database {self.path} is closed")
+                await self._guarded(reader.execute("PRAGMA busy_timeout = 10000"))
+                self._reader = reader
+            return self._reader
+
+    async def snapshot(self, name: str, params: Params | None = None) -> list[Sequence[Any]]:
+        """Rows of a named query as last committed: the reports' connection, which never
+        sees a transaction in progress (a plan being written, say)."""
+        reader = await self._reading()
+        cursor = await self._guarded(reader.execute(self._queries[name], params or {}))
+        return list(await self._guarded(cursor.fetchall()))
