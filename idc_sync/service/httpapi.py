@@ -1,7 +1,8 @@
 """The daemon's HTTP face (aiohttp.web): ``/healthz`` (the event loop answers and the daemon
 has not failed), ``/readyz`` (state open and first plan done), ``/status`` (JSON progress)
-and ``/metrics`` (Prometheus text). Bound to 127.0.0.1 by default: it tells anyone who can
-reach it what the mirror holds, and there is nothing to authenticate with."""
+and ``/metrics`` (Prometheus text). Bound to 127.0.0.1
+by default: it tells anyone who can reach it what the mirror holds, and there is nothing to
+authenticate with."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class StatusSource(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def metrics_text(self) -> bytes: ...
+    async def metrics_text(self) -> bytes:
+        """The exposition, its gauges refreshed from the state first."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -64,7 +66,7 @@ def build_app(source: StatusSource) -> web.Application:
         return web.json_response(body, dumps=lambda value: json.dumps(value, indent=1))
 
     async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=source.metrics_text())
+        response = web.Response(body=await source.metrics_text())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
