@@ -1,8 +1,9 @@
 # idc-sync in a container, run as a service: `idc-sync serve` plans the selection, fetches
-# and verifies continuously, replans every replan_interval (default daily), serves
-# /healthz, /readyz, /status and /metrics on port 9760, and on `docker stop` (SIGTERM)
-# drains: files in flight get drain_seconds (default 60) to finish, so give the stop a
-# longer timeout (`docker stop -t 90`, compose `stop_grace_period: 90s`).
+# and verifies continuously, replans every replan_interval (default daily), serves a
+# status page (/), /healthz, /readyz, /status and /metrics on port 9760, and on
+# `docker stop` (SIGTERM) drains: files in flight get drain_seconds (default 60) to
+# finish, so give the stop a longer timeout (`docker stop -t 90`, compose
+# `stop_grace_period: 90s`).
 #
 #   docker build -t idc-sync:v25 .      # tag it with the IDC release it mirrors
 #   docker run -d --name idc-sync -p 127.0.0.1:9760:9760 -v /srv/idc:/data \
@@ -87,7 +88,7 @@ ENV IDC_SYNC_DESTINATION=/data \
     IDC_SYNC_HTTP__LISTEN=0.0.0.0:9760 \
     COLUMNS=160
 VOLUME ["/data", "/state"]
-# /healthz /readyz /status /metrics; the container's own network namespace, so 0.0.0.0
+# / /healthz /readyz /status /metrics; the container's own network namespace, so 0.0.0.0
 # reaches only what `-p` publishes.
 EXPOSE 9760
 

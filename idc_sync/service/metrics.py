@@ -194,7 +194,10 @@ class Metrics:
         )
         for kind in ("list", "head", "get"):
             self.in_flight.labels(kind)
-        self.ready = Gauge(f"{PREFIX}_ready", "1 once the state is open and planned.", registry=r)
+        self.ready = Gauge(
+            f"{PREFIX}_ready", "1 while ready: the state open, a plan done, not draining.",
+            registry=r,
+        )  # fmt: skip
         self.phase = Gauge(
             f"{PREFIX}_phase", "1 for the phase the daemon is in, 0 for the others.", ["phase"],
             registry=r,
