@@ -171,14 +171,14 @@ def test_not_ready_and_unhealthy_answer_503() -> None:
         host, port = await server.start("127.0.0.1:0")
         assert host == "127.0.0.1"
         try:
-            paths = ("/healthz", "/readyz", "/status", "/metrics", "/nothing")
+            paths = ("/healthz", "/readyz", "/status", "/metrics", "/nothing", "/")
             return [
                 await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}{path}") for path in paths
             ]
         finally:
             await server.close()
 
-    healthz, readyz, status, metrics, missing = asyncio.run(main())
+    healthz, readyz, status, metrics, missing, page = asyncio.run(main())
     assert healthz[:2] == (503, b'{"healthy": false}')
     assert readyz[:2] == (503, b'{"ready": false}')
     assert status[0] == 200
@@ -186,6 +186,10 @@ def test_not_ready_and_unhealthy_answer_503() -> None:
     assert metrics[0] == 200
     assert metrics[2].startswith("text/plain; version=")
     assert missing[0] == 404
+    # the page renders even from the little a daemon knows while it starts
+    assert page[0] == 200
+    assert page[2] == "text/html; charset=utf-8"
+    assert b"planning" in page[1]
 
 
 def test_a_taken_port_is_a_configuration_error() -> None:
