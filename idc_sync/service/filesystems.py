@@ -29,7 +29,9 @@ PROBE_TIMEOUT = 1.0
 def roots_of(settings: Settings) -> list[tuple[str, Path]]:
     """Where a daemon with these settings writes: the mirror (and every license's root of
     its own), the state directory, and the retired files."""
-    mirrors = [settings.mirror_root, *settings.licenses.destinations.values()]
+    # no destination: a configuration error the first plan reports; until then, no mirror
+    main = [] if settings.destination is None else [settings.destination]
+    mirrors = [*main, *settings.licenses.destinations.values()]
     return [*(("mirror", root) for root in mirrors), ("state", settings.state_path),
             ("retired", settings.retired_path)]  # fmt: skip
 

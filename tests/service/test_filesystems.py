@@ -97,3 +97,10 @@ def test_a_hung_statvfs_answers_with_the_last_values_and_starts_no_second_thread
         asyncio.run(main())
     finally:
         release.set()
+
+
+def test_without_a_destination_only_the_state_is_measured(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, "http://127.0.0.1:9", [], destination=None,
+                            state_dir=tmp_path / "state")  # fmt: skip
+    assert roots_of(settings) == [("state", tmp_path / "state"),
+                                  ("retired", tmp_path / "state" / "retired")]  # fmt: skip
