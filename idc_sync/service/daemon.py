@@ -34,8 +34,10 @@ from idc_sync.run.objects import RunSummary
 from idc_sync.run.plan import PlanCancelled, PlanOutcome, Resolved, plan_into, resolve_plan
 from idc_sync.run.round import run_round
 from idc_sync.run.select import selection_of
+from idc_sync.service.filesystems import FileSystemProbe, roots_of
+from idc_sync.service.freshness import LastComplete
 from idc_sync.service.httpapi import HttpServer
-from idc_sync.service.metrics import MeteredEngine, Metrics, QueueDepth
+from idc_sync.service.metrics import MeteredEngine, Metrics, SelectionState
 from idc_sync.service.sdnotify import Notifier
 from idc_sync.state.database import peek_selection
 from idc_sync.state.lock import StateLock
@@ -144,6 +146,8 @@ class Daemon:
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._recent = RecentProblems()
         self._started = time.time()
+        self._filesystems = FileSystemProbe()
+        self._last_complete: LastComplete | None = None  # read once the state is held
 
     # -- control (signal handlers call these; so can tests) ---------------------------
 
@@ -176,7 +180,8 @@ class Daemon:
     def ready(self) -> bool:
         return self._planned and self._state is not None and not self._stop.is_set()
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
+        await self.status()  # the gauges that mirror /status are set there
         return self.metrics.exposition()
 
     async def status(self) -> dict[str, Any]:
@@ -202,10 +207,17 @@ class Daemon:
                 "held_unselected": asdict(await reports.held_unselected()),
             }
         overall = totals.overall()
-        self.metrics.set_queue(
-            QueueDepth(overall["series_total"] - overall["series_complete"],
-                       overall["files_pending"], overall["bytes_pending"])
-        )  # fmt: skip
+        selection = SelectionState.of(overall)
+        self.metrics.set_selection(selection)
+        self.metrics.set_phase(self.phase.value, [phase.value for phase in Phase])
+        self.metrics.ready.set(1 if self.ready() else 0)
+        # only a finished plan's totals describe the selection (a replan rewrites them)
+        if self._last_complete is not None and self.phase in (Phase.MIRRORING, Phase.IDLE):
+            await asyncio.to_thread(self._last_complete.observe, selection.complete)
+        last_complete = None if self._last_complete is None else self._last_complete.timestamp
+        self.metrics.set_last_complete(last_complete)
+        spaces = await self._filesystems.spaces(roots_of(self.settings))
+        self.metrics.set_filesystems(spaces)
         rate = self.metrics.rate.rate()
         plan = self.last_plan
         return {
@@ -215,6 +227,7 @@ class Daemon:
             "ready": self.ready(),
             "started_at": self._started,
             "idc_release": plan.release if plan else None,
+            "latest_release": self.metrics.latest_release,
             "shard": self.settings.shard,
             "last_plan": None if plan is None else {
                 "finished_at": plan.finished_at, "seconds": round(plan.seconds, 3),
@@ -230,6 +243,8 @@ class Daemon:
             # the cap the bandwidth schedule sets now; 0 is unlimited
             "max_bytes_per_second": self.settings.bandwidth_schedule.cap_at(datetime.now()),
             "eta_seconds": overall["bytes_pending"] / rate if rate > 0 else None,
+            "last_complete_at": last_complete,
+            "filesystems": [asdict(space) for space in spaces],
             "recent_errors": list(self._recent.entries)[-20:],
             "problems": problems,
             "retired": retired,
@@ -249,6 +264,10 @@ class Daemon:
         logging.getLogger(LOGGER).addHandler(self._recent)
         try:
             with StateLock(settings.state_path):
+                last_complete = await asyncio.to_thread(
+                    LastComplete.in_state_dir, settings.state_path
+                )
+                self._last_complete = last_complete
                 self._state = await State.open(state_db)
                 try:
                     await bind(
@@ -262,6 +281,7 @@ class Daemon:
                 finally:
                     state, self._state = self._state, None
                     await state.close()
+                    await asyncio.to_thread(last_complete.flush)
         finally:
             if self._first_plan is not None:
                 self._first_plan.close()
@@ -460,8 +480,7 @@ class Daemon:
         self.last_plan = outcome
         self._next_plan = time.monotonic() + settings.replan_interval
         self._status_cache = None
-        self.metrics.release.set(outcome.release)
-        self.metrics.last_plan.set(time.time())
+        self.metrics.planned(outcome.release)
         tally = outcome.tally
         log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", outcome.release,
                  f" shard {settings.shard}" if settings.shard else "", f"{tally.series:,}",

@@ -1,7 +1,8 @@
-"""The daemon's HTTP face (aiohttp.web): ``/healthz`` (the event loop answers and the daemon
-has not failed), ``/readyz`` (state open and first plan done), ``/status`` (JSON progress)
-and ``/metrics`` (Prometheus text). Bound to 127.0.0.1 by default: it tells anyone who can
-reach it what the mirror holds, and there is nothing to authenticate with."""
+"""The daemon's HTTP face (aiohttp.web): ``/`` (the status page, HTML), ``/healthz`` (the
+event loop answers and the daemon has not failed), ``/readyz`` (state open and first plan
+done), ``/status`` (JSON progress) and ``/metrics`` (Prometheus text). Bound to 127.0.0.1
+by default: it tells anyone who can reach it what the mirror holds, and there is nothing to
+authenticate with."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from idc_sync.core.errors import ConfigurationError
+from idc_sync.service.statuspage import render
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,8 @@ class StatusSource(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def metrics_text(self) -> bytes: ...
+    async def metrics_text(self) -> bytes:
+        """The exposition, its gauges refreshed from the state first."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -63,12 +66,24 @@ def build_app(source: StatusSource) -> web.Application:
         body = await source.status()
         return web.json_response(body, dumps=lambda value: json.dumps(value, indent=1))
 
+    async def page(request: web.Request) -> web.Response:
+        response = web.Response(text=render(await source.status()), content_type="text/html",
+                                charset="utf-8")  # fmt: skip
+        # every value is escaped already; the policy is a second line should one slip through
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=source.metrics_text())
+        response = web.Response(body=await source.metrics_text())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
     app = web.Application()
+    app.router.add_get("/", page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)

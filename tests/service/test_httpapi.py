@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import idc_index_data
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from idc_sync import __version__
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.service.httpapi import HttpServer, parse_listen, url_of
 from tests.support import dataset
@@ -72,20 +75,44 @@ def test_status_and_metrics_describe_a_real_sync(tmp_path: Path, s3_server: S3Te
     # /metrics: the same numbers, as Prometheus sees them
     assert code == 200
     found = samples(metrics)
-    assert found[("idc_sync_files_fetched_total", ())] == len(uploaded)
-    assert found[("idc_sync_bytes_fetched_total", ())] == total
-    assert found[("idc_sync_request_seconds_count", (("kind", "get"), ("outcome", "ok")))] == len(
-        uploaded
-    )
-    assert found[("idc_sync_request_seconds_count", (("kind", "list"), ("outcome", "ok")))] == len(
-        rows
-    )
+    assert found[("idc_sync_fetched_files_total", ())] == len(uploaded)
+    assert found[("idc_sync_fetched_bytes_total", ())] == total
+    assert found[
+        ("idc_sync_request_duration_seconds_count", (("kind", "get"), ("outcome", "ok")))
+    ] == len(uploaded)
+    assert found[
+        ("idc_sync_request_duration_seconds_count", (("kind", "list"), ("outcome", "ok")))
+    ] == len(rows)
     assert found[("idc_sync_requests_in_flight", (("kind", "get"),))] == 0
     assert found[("idc_sync_errors_total", (("class", "retryable"),))] == 0
-    assert found[("idc_sync_queue_files", ())] == 0
-    assert found[("idc_sync_queue_series", ())] == 0
+    assert found[("idc_sync_selected_files", (("state", "done"),))] == len(uploaded)
+    assert found[("idc_sync_selected_files", (("state", "pending"),))] == 0
+    assert found[("idc_sync_selected_bytes", (("state", "done"),))] == total
+    assert found[("idc_sync_selected_series", (("state", "complete"),))] == len(rows)
+    assert found[("idc_sync_selected_series", (("state", "pending"),))] == 0
     assert found[("idc_sync_ready", ())] == 1
+    assert found[("idc_sync_phase", (("phase", "idle"),))] == 1
+    assert found[("idc_sync_phase", (("phase", "mirroring"),))] == 0
     assert found[("idc_sync_idc_release", ())] == status["idc_release"]
+    release = str(status["idc_release"])
+    assert found[("idc_sync_build_info", (("idc_release", release), ("version", __version__)))] == 1
+    # no package index was asked: the newest release is unknown, 0 to Prometheus
+    assert status["latest_release"] is None
+    assert found[("idc_sync_latest_idc_release", ())] == 0
+    # everything is verified: the daemon saw the mirror complete, just now
+    assert status["last_complete_at"] is not None
+    assert abs(status["last_complete_at"] - time.time()) < 60
+    assert found[("idc_sync_last_complete_timestamp_seconds", ())] >= status["last_complete_at"]
+    # the mirror's file system, as statvfs sees it (mirror and state share it here)
+    usage = shutil.disk_usage(settings.mirror_root)
+    mirror = (("path", str(settings.mirror_root)), ("role", "mirror"))
+    assert found[("idc_sync_filesystem_size_bytes", mirror)] == usage.total
+    assert abs(found[("idc_sync_filesystem_avail_bytes", mirror)] - usage.free) < 2**30
+    assert [fs["role"] for fs in status["filesystems"]] == ["mirror"]
+    # the process collector, on our own registry
+    assert found[("process_resident_memory_bytes", ())] > 0
+    assert found[("process_open_fds", ())] > 0
+    assert found[("process_cpu_seconds_total", ())] > 0
 
 
 def test_metrics_count_errors_by_class_and_retries(tmp_path: Path, s3_server: S3TestServer) -> None:
@@ -103,12 +130,12 @@ def test_metrics_count_errors_by_class_and_retries(tmp_path: Path, s3_server: S3
     assert found[("idc_sync_errors_total", (("class", "integrity"),))] == 1
     assert found[("idc_sync_retries_total", (("class", "retryable"),))] == 2
     assert found[("idc_sync_retries_total", (("class", "integrity"),))] == 1
-    assert found[("idc_sync_files_fetched_total", ())] == len(uploaded)
+    assert found[("idc_sync_fetched_files_total", ())] == len(uploaded)
     # the failed attempts were requests too: 2 answered 500, 1 sent flipped bytes
     gets = sum(
         value
         for (name, labels), value in found.items()
-        if name == "idc_sync_request_seconds_count" and ("kind", "get") in labels
+        if name == "idc_sync_request_duration_seconds_count" and ("kind", "get") in labels
     )
     assert gets == len(uploaded) + 3
 
@@ -126,7 +153,7 @@ class _Source:
     async def status(self) -> dict[str, Any]:
         return {"phase": "planning"}
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
         return b"# nothing\n"
 
 
@@ -144,14 +171,14 @@ def test_not_ready_and_unhealthy_answer_503() -> None:
         host, port = await server.start("127.0.0.1:0")
         assert host == "127.0.0.1"
         try:
-            paths = ("/healthz", "/readyz", "/status", "/metrics", "/nothing")
+            paths = ("/healthz", "/readyz", "/status", "/metrics", "/nothing", "/")
             return [
                 await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}{path}") for path in paths
             ]
         finally:
             await server.close()
 
-    healthz, readyz, status, metrics, missing = asyncio.run(main())
+    healthz, readyz, status, metrics, missing, page = asyncio.run(main())
     assert healthz[:2] == (503, b'{"healthy": false}')
     assert readyz[:2] == (503, b'{"ready": false}')
     assert status[0] == 200
@@ -159,6 +186,10 @@ def test_not_ready_and_unhealthy_answer_503() -> None:
     assert metrics[0] == 200
     assert metrics[2].startswith("text/plain; version=")
     assert missing[0] == 404
+    # the page renders even from the little a daemon knows while it starts
+    assert page[0] == 200
+    assert page[2] == "text/html; charset=utf-8"
+    assert b"planning" in page[1]
 
 
 def test_a_taken_port_is_a_configuration_error() -> None:
