@@ -17,6 +17,7 @@ from typing import Protocol
 
 from idc_sync.core.errors import (
     LocalStorageError,
+    NetworkSetupError,
     ObjectChangedError,
     PermanentError,
     UnsafePathError,
@@ -25,7 +26,13 @@ from idc_sync.core.layout import instance_file_name, parse_object_key, resolve_i
 from idc_sync.core.lifecycle import ObjectState, SeriesExpectation, SeriesState, series_verdict
 from idc_sync.core.logs import about
 from idc_sync.core.model import ObjectResult, ObjectRow, SeriesRow, Source
-from idc_sync.core.retry import FailureClass, RetryExhausted, RetryPolicy, classify_exception
+from idc_sync.core.retry import (
+    STOPS_RUN,
+    FailureClass,
+    RetryExhausted,
+    RetryPolicy,
+    classify_exception,
+)
 from idc_sync.core.routing import bucket_for, other_source
 from idc_sync.core.verify import (
     Expected,
@@ -294,7 +301,8 @@ class Mirror:
             await self._queue.finish_series(uuid, SeriesState.FAILED, tally, reason)
             self.summary.series_failed += 1
             return
-        except LocalStorageError as error:
+        except (LocalStorageError, NetworkSetupError) as error:
+            # our disk, or the way to the buckets: nothing else can succeed either
             self.stop(str(error))
             return
 
@@ -380,12 +388,12 @@ class Mirror:
         policy = self._options.retry
         while True:
             try:
-                listed = await cloud.engine.list_series(cloud.bucket, uuid)
+                listed = await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
                 break
             except Exception as error:
                 failure = classify_exception(error)
                 self._observer.attempt_failed(failure)
-                if failure is FailureClass.LOCAL:
+                if failure in STOPS_RUN:
                     raise
                 policy = policy.increment(failure, str(error))  # raises RetryExhausted
                 self._observer.retrying(failure)
@@ -539,8 +547,9 @@ class Mirror:
             except Exception as error:
                 failure = classify_exception(error)
                 self._observer.attempt_failed(failure)
-                if failure is FailureClass.LOCAL:
-                    # our disk, not the object: keep it pending for when space returns
+                if failure in STOPS_RUN:
+                    # our disk or the way out, not the object: keep it pending for a run
+                    # that can succeed
                     self.stop(str(error))
                     self._recorder.add(
                         ObjectResult(obj.key, ObjectState.PENDING, attempts, str(error))
