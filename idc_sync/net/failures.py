@@ -5,6 +5,7 @@ httpx's ``map_exceptions`` does: past the HTTP edge nothing needs to know them."
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -34,6 +35,11 @@ def _reason(error: BaseException) -> str:
         return str(error.reason or error)
     if isinstance(error, TimeoutError):
         return "timed out"
+    if isinstance(error, socket.gaierror) and error.strerror:
+        return error.strerror
+    if isinstance(error, OSError) and error.errno:
+        # asyncio words a refused connection "Connect call failed (...)": say what failed
+        return os.strerror(error.errno)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
