@@ -116,7 +116,7 @@ def test_a_trickled_object_in_a_sync_is_logged_as_stalled_and_fetched_again(
 ) -> None:
     rows = dataset.selection("single_instance")
     uploaded = dataset.populate(s3_server, rows)
-    ((bucket, key),) = uploaded
+    ((_bucket, key),) = uploaded
     s3_server.faults.add("trickle", keys=[key], on=["GET"], times=1, seconds=1.0)
     settings = settings_for(
         tmp_path, s3_server.endpoint, rows, low_speed_bytes_per_second=1000,
