@@ -177,13 +177,6 @@ class Settings(BaseSettings):
                 raise ValueError(str(error).removeprefix("proxy: ")) from None
         return value
 
-    @field_validator("ca_bundle")
-    @classmethod
-    def _readable_bundle(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a file (a PEM bundle of CA certificates)")
-        return value
-
     @field_validator("bandwidth")
     @classmethod
     def _windows_apart(cls, value: list[BandwidthWindow]) -> list[BandwidthWindow]:

@@ -40,6 +40,7 @@ from idc_sync.net.http import HttpClient, Response
 from idc_sync.net.options import NetOptions
 from idc_sync.net.pacing import AdaptiveLimit
 from idc_sync.net.ranged import RangedTransfer, Target
+from idc_sync.net.tls import client_context
 from idc_sync.net.wire import describe_status
 
 # Bodies up to this size are read whole on the event loop and stored with one thread hop;
@@ -115,8 +116,11 @@ class NativeEngine:
         self._stack.callback(self._storage.close)
         self._stack.callback(self._followers.shutdown, wait=False, cancel_futures=True)
         self._stack.callback(self._ranges.shutdown, wait=False, cancel_futures=True)
-        # a proxy that can never work is a configuration error now, not one per request
+        # a proxy or a CA bundle that can never work is a configuration error now, not a
+        # failure of every request
         self._network.check(self._endpoint)
+        if self._network.ca_bundle is not None:
+            client_context(self._network.ca_bundle)
         self._getter = await self._stack.enter_async_context(HttpClient(self._network))
         return self
 

@@ -103,10 +103,16 @@ def test_a_server_that_does_not_speak_tls_is_a_tls_error(s3_server: S3TestServer
         open_response(NetOptions(), "GET", url, {}, limit=10)
 
 
-def test_a_ca_bundle_that_is_not_a_file_is_a_config_error(
-    tmp_path: Path, rows: list[dataset.Row]
+@pytest.mark.parametrize("content", [None, "not a certificate"])
+def test_a_ca_bundle_that_cannot_be_used_is_a_config_error_before_any_request(
+    tmp_path: Path, rows: list[dataset.Row], content: str | None, s3_server: S3TestServer
 ) -> None:
     from idc_sync.core.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="ca_bundle"):
-        settings_for(tmp_path, "https://127.0.0.1:1", rows, ca_bundle=tmp_path / "missing.pem")
+    bundle = tmp_path / "bundle.pem"
+    if content is not None:
+        bundle.write_text(content)
+    settings = settings_for(tmp_path, s3_server.endpoint, rows, ca_bundle=bundle)
+    with pytest.raises(ConfigurationError, match=f"ca_bundle {bundle}: cannot be used"):
+        run(settings)
+    assert s3_server.requests() == []
