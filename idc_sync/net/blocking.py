@@ -76,13 +76,20 @@ class BlockingResponse:
             if want <= 0:
                 self._ended = True
                 return 0
-            count = self._recv(buffer[:want])
-            if count == 0:
-                raise ProtocolError(
-                    f"connection closed after {self._received} of {parser.length} body bytes"
-                )
-            self._received += count
-            return count
+            # fill the buffer before returning, as a buffered reader would: one pwrite and
+            # one progress report per buffer, not per TCP read
+            got = 0
+            while got < want:
+                count = self._recv(buffer[got:want])
+                if count == 0:
+                    if got:
+                        break
+                    raise ProtocolError(
+                        f"connection closed after {self._received} of {parser.length} body bytes"
+                    )
+                got += count
+                self._received += count
+            return got
         if parser.close_delimited:
             count = self._recv(buffer)
             self._ended = count == 0
