@@ -27,6 +27,8 @@ from idc_sync.core.policy import LicensePolicy
 from idc_sync.core.schedule import BandwidthSchedule, Window, parse_clock
 from idc_sync.core.selection import split_values
 from idc_sync.core.shard import Shard
+from idc_sync.net.options import NetOptions, parse_proxy
+from idc_sync.net.wire import LowSpeed
 
 ENV_PREFIX = "IDC_SYNC_"
 
@@ -168,6 +170,27 @@ class Settings(BaseSettings):
     max_bytes_per_second: int = Field(default=0, ge=0)
     bandwidth: list[BandwidthWindow] = Field(default_factory=list)
 
+    # The way to the buckets (see net/options.py). proxy: None reads HTTP(S)_PROXY,
+    # ALL_PROXY and NO_PROXY; "" is no proxy at all; "http://host:port" overrides them.
+    proxy: str | None = None
+    # Trust only these CAs (a TLS-inspecting proxy's) instead of the system store.
+    ca_bundle: Path | None = None
+    connect_timeout: float = Field(default=30.0, gt=0, le=600)
+    # An attempt moving slower than this for low_speed_seconds is abandoned and retried
+    # (curl's --speed-limit / --speed-time); 0 keeps only "no byte for low_speed_seconds".
+    low_speed_bytes_per_second: int = Field(default=1024, ge=0)
+    low_speed_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                parse_proxy(value, "proxy")
+            except ConfigurationError as error:
+                raise ValueError(str(error).removeprefix("proxy: ")) from None
+        return value
+
     @field_validator("bandwidth")
     @classmethod
     def _windows_apart(cls, value: list[BandwidthWindow]) -> list[BandwidthWindow]:
@@ -240,9 +263,11 @@ class Settings(BaseSettings):
         walk of the mirror finds only the files it holds."""
         if self.retired_dir is not None:
             return self.retired_dir
-        root = self.mirror_root
-        if self.state_dir is not None and not self.state_dir.is_relative_to(root):
+        if self.state_dir is not None and (
+            self.destination is None or not self.state_dir.is_relative_to(self.destination)
+        ):
             return self.state_dir / "retired"
+        root = self.mirror_root
         return root.with_name(root.name + ".retired")
 
     def origin(self, key: str) -> str:
@@ -267,6 +292,16 @@ class Settings(BaseSettings):
     def bandwidth_schedule(self) -> BandwidthSchedule:
         return BandwidthSchedule(
             self.max_bytes_per_second, tuple(w.window() for w in self.bandwidth)
+        )
+
+    @property
+    def network(self) -> NetOptions:
+        """How bucket requests reach the buckets: proxy, CAs, timeouts, the low-speed rule."""
+        return NetOptions(
+            proxy=self.proxy,
+            ca_bundle=self.ca_bundle,
+            connect_timeout=self.connect_timeout,
+            low_speed=LowSpeed(self.low_speed_bytes_per_second, self.low_speed_seconds),
         )
 
     @property

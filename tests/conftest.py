@@ -43,3 +43,17 @@ def s3_server() -> Iterator[S3TestServer]:
 def gcs_server() -> Iterator[S3TestServer]:
     """A fresh GCS-flavoured S3TestServer (x-goog-hash as one header line by default)."""
     yield from _serve("gcs")
+
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_of_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their proxies themselves: none from the machine's environment (and so
+    none for the subprocesses they start)."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)

@@ -12,9 +12,19 @@ IdcSyncError
 +-- TransferError             one object (or listing) could not be fetched
     +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
     |   +-- ObjectChangedError  412 to If-Match: the object is not the one the listing named
+    |   +-- StalledError      the body moved slower than the low-speed rule allows
+    |   +-- ProtocolError     an answer that breaks HTTP or our bounds (malformed, header
+    |                         block over 64 KiB)
     +-- IntegrityError        size or checksum mismatch
-    +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm
+    +-- PermanentError        403, 404, a key not shaped <uuid>/<uuid>.dcm, an encoded body,
+    |   |                     a redirect S3 semantics do not call for
+    |   +-- ListingTooLong    a series listing goes on past what the index allows
     +-- LocalStorageError     our disk failed us (full, read-only, EIO, EACCES): stop the run
+    +-- NetworkSetupError     the way to the buckets is misconfigured: stop, do not retry
+    |   +-- TlsError          a certificate not trusted, a failed handshake
+    |   +-- ProxyError        the proxy is down or refuses
+    +-- BodyTooLarge          more bytes than the caller allows (the caller decides what it means)
+    +-- Aborted               another range of the same object failed, or it was cancelled
 
 IllegalMove                   a state change core/lifecycle.py forbids: a bug, never caught
 """
@@ -91,6 +101,53 @@ class PermanentError(TransferError):
 
 class LocalStorageError(TransferError):
     """Writing to the local file system failed (disk full, I/O error)."""
+
+
+class StalledError(RetryableError):
+    """An attempt whose bytes moved slower than ``low_speed_bytes_per_second`` for
+    ``low_speed_seconds`` (curl's --speed-limit/--speed-time): abandoned, tried again."""
+
+
+class ProtocolError(RetryableError):
+    """The server's answer is not HTTP we can read, or goes past our bounds (a header block
+    over 64 KiB): retried, since a proxy or a load balancer may be at fault."""
+
+
+class ListingTooLong(PermanentError):
+    """A series listing went on past what the index allows (more keys than the series'
+    instanceCount plus slack, or more pages than that can take): the server is broken or
+    hostile, and listing again would only loop again."""
+
+
+class NetworkSetupError(TransferError):
+    """Nothing can reach the buckets this way (an untrusted certificate, a proxy that is
+    down or refuses): the run stops, as for a full disk, instead of retrying every series."""
+
+
+class TlsError(NetworkSetupError):
+    """A TLS handshake failed: the certificate is not trusted (see ``ca_bundle``) or the
+    peer does not speak TLS as expected."""
+
+
+class ProxyError(NetworkSetupError):
+    """The proxy cannot be reached or refuses to carry the request."""
+
+
+class BodyTooLarge(TransferError):
+    """The server sends more bytes than the caller allows (``announced``: Content-Length,
+    or None when the body simply kept coming)."""
+
+    def __init__(self, limit: int, announced: int | None) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+        self.announced = announced
+
+    def __reduce__(self) -> tuple[type[BodyTooLarge], tuple[int, int | None]]:
+        return (type(self), (self.limit, self.announced))
+
+
+class Aborted(TransferError):
+    """Another range of the same object failed, or the transfer was cancelled."""
 
 
 class IllegalMove(Exception):

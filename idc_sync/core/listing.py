@@ -61,3 +61,29 @@ def parse_list_page(body: bytes | bytearray | memoryview) -> ListPage:
     if truncated and token is None:
         raise RetryableError("LIST: a truncated page without a continuation token")
     return ListPage(objects, token if truncated else None)
+
+
+# A series holds at most 91,980 instances in IDC v25; one whose count the index does not give
+# (an earlier release's UUID) may list this many keys before the listing counts as endless.
+UNKNOWN_COUNT_KEYS = 200_000
+# S3 and GCS send 1,000 keys a page; a server may send fewer, so pages get twice the room.
+KEYS_PER_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListingBounds:
+    """How far one series' listing may go: a server that answers IsTruncated with a fresh
+    token forever, or lists more keys than the series can hold, is cut off here."""
+
+    max_keys: int
+    max_pages: int
+
+    @classmethod
+    def for_series(cls, instance_count: int | None) -> ListingBounds:
+        """Room for ``instance_count`` keys plus slack (a listing may hold a few objects
+        the index does not, which the mirror refuses or skips)."""
+        if instance_count is None:
+            keys = UNKNOWN_COUNT_KEYS
+        else:
+            keys = instance_count + max(10, instance_count // 10)
+        return cls(keys, 10 + 2 * -(-keys // KEYS_PER_PAGE))

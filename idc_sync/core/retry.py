@@ -4,22 +4,16 @@ decision is made here and is testable with a seeded random.Random and no clock."
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import socket
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from random import Random
-from typing import Any
-
-import botocore.exceptions
 
 from idc_sync.core.errors import (
     LOCAL_ERRNOS,
     IdcSyncError,
     IntegrityError,
     LocalStorageError,
+    NetworkSetupError,
     PermanentError,
     RetryableError,
     StateError,
@@ -32,6 +26,14 @@ class FailureClass(enum.Enum):
     INTEGRITY = "integrity"  # bytes arrived but do not match: try a few times, then quarantine
     PERMANENT = "permanent"  # trying again cannot help (403, 404, a bad key)
     LOCAL = "local"  # our own disk failed (ENOSPC, EDQUOT, EIO, EROFS): stop, do not retry blindly
+    # the way to the buckets is misconfigured (untrusted certificate, proxy down or refusing):
+    # every request would fail alike, so the run stops once instead of failing every series
+    SETUP = "setup"
+
+
+# Failures that stop the run rather than one object: nothing else can succeed until an
+# operator acts.
+STOPS_RUN = frozenset({FailureClass.LOCAL, FailureClass.SETUP})
 
 
 # S3 (and the GCS XML API) error codes that mean "later", whatever the status says:
@@ -67,17 +69,6 @@ _PERMANENT_5XX = frozenset({501})
 # Exceptions that are bugs in our code: retrying them only delays the report.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
 
-_BOTOCORE_RETRYABLE = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionError,  # includes ConnectTimeoutError, ProxyConnectionError
-    botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, streaming
-    botocore.exceptions.IncompleteReadError,
-)
-_BOTOCORE_PERMANENT = (
-    botocore.exceptions.ParamValidationError,
-    botocore.exceptions.NoCredentialsError,
-)
-
 
 def classify_status(status: int, error_code: str | None = None) -> FailureClass:
     """Classify an HTTP error response by its status and, when the body had one, its S3 code."""
@@ -92,26 +83,16 @@ def classify_status(status: int, error_code: str | None = None) -> FailureClass:
     return FailureClass.PERMANENT
 
 
-def _classify_client_error(response: Mapping[str, Any]) -> FailureClass:
-    error = response.get("Error") or {}
-    code = error.get("Code")
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    if not isinstance(status, int) and isinstance(code, str) and code.isdigit():
-        # HEAD responses have no body, so botocore puts the status in Error.Code ("404").
-        status = int(code)
-    if not isinstance(status, int):
-        return FailureClass.RETRYABLE if code in RETRYABLE_ERROR_CODES else FailureClass.PERMANENT
-    return classify_status(status, code if isinstance(code, str) else None)
-
-
 def classify_exception(exc: BaseException) -> FailureClass:
     """Classify anything raised while listing, fetching or writing one object.
 
-    An exception we do not know is RETRYABLE: transports grow new exception classes
-    (aiohttp, botocore, ssl) and a transient one misread as PERMANENT would leave a series
-    missing for good, while the retry budget bounds the cost of being wrong and the
-    policy's summary still names the exception type. Exceptions that are plainly bugs in
-    our code (TypeError, AttributeError, ...) are PERMANENT so they surface at once.
+    Foreign exceptions of the network (ssl, sockets, the HTTP parser) are mapped to our
+    tree where they enter, at the HTTP edge (net/failures.py), so what arrives here is our
+    own tree, or an OSError from the local disk, or a bug. An exception we do not know is
+    RETRYABLE: a transient one misread as PERMANENT would leave a series missing for good,
+    while the retry budget bounds the cost of being wrong and the policy's summary still
+    names the exception type. Exceptions that are plainly bugs in our code (TypeError,
+    AttributeError, ...) are PERMANENT so they surface at once.
 
     Cancellation and interpreter exits (BaseException that is not an Exception) are not
     failures of a transfer: they are raised again so they cannot be mistaken for one.
@@ -127,32 +108,12 @@ def classify_exception(exc: BaseException) -> FailureClass:
         return FailureClass.PERMANENT
     if isinstance(exc, LocalStorageError | StateError):
         return FailureClass.LOCAL
+    if isinstance(exc, NetworkSetupError):
+        return FailureClass.SETUP
     if isinstance(exc, RetryableError | TransferError):
         return FailureClass.RETRYABLE
     if isinstance(exc, IdcSyncError):
         # configuration, unsafe paths: nothing a retry changes
-        return FailureClass.PERMANENT
-    # aiohttp serves only HEADs and the daemon's API: a run that never imported it cannot
-    # meet its exceptions, and importing it here would cost every run ~0.15 s.
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None:
-        if isinstance(exc, aiohttp.ClientResponseError):
-            return classify_status(exc.status)
-        # Before the OSError check: ClientOSError and its timeouts are OSErrors too.
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return FailureClass.RETRYABLE
-    if isinstance(
-        exc,
-        asyncio.TimeoutError
-        | ConnectionError  # ConnectionResetError, BrokenPipeError, ConnectionRefusedError
-        | socket.gaierror,
-    ):
-        return FailureClass.RETRYABLE
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return _classify_client_error(exc.response)
-    if isinstance(exc, _BOTOCORE_RETRYABLE):
-        return FailureClass.RETRYABLE
-    if isinstance(exc, _BOTOCORE_PERMANENT):
         return FailureClass.PERMANENT
     if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
         return FailureClass.LOCAL

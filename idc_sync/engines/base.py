@@ -32,12 +32,17 @@ class Throttle(Protocol):
 
 
 class Engine(Protocol):
-    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]: ...
+    async def list_series(
+        self, bucket: str, crdc_series_uuid: str, instance_count: int | None
+    ) -> list[ListedObject]:
+        """Every object of the series. ``instance_count`` is the index's count (None when
+        unknown): a listing that goes far past it raises ListingTooLong."""
+        ...
 
     async def part_size(self, bucket: str, key: str) -> int: ...
 
     async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
         """Fetch one object, verify it and rename it into place (see ``settle``). Raises
-        IntegrityError (nothing placed), RetryableError, PermanentError or
-        LocalStorageError."""
+        IntegrityError (nothing placed), RetryableError, PermanentError,
+        LocalStorageError or NetworkSetupError."""
         ...

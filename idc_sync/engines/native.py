@@ -1,27 +1,28 @@
-"""The native transfer engine: anonymous ListObjectsV2 and object GETs as plain unsigned HTTP
-through net/httpget.py (HEADs, a few per run, through aiohttp); large objects as parallel
-ranged GETs on worker threads (net/ranged.py). ``fetch`` ends in ``engines.settle``."""
+"""The native transfer engine: anonymous ListObjectsV2, HEADs and object GETs as plain
+unsigned HTTP through the one client of bucket traffic (net/http.py on the event loop; large
+objects as parallel ranged GETs on worker threads, net/ranged.py over net/blocking.py).
+``fetch`` ends in ``engines.settle``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from idc_sync import __version__
 from idc_sync.core.errors import (
+    BodyTooLarge,
     IntegrityError,
+    ListingTooLong,
     ObjectChangedError,
     PermanentError,
     RetryableError,
 )
-from idc_sync.core.listing import parse_list_page
+from idc_sync.core.listing import ListingBounds, parse_list_page
 from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass, classify_status
 from idc_sync.core.routing import bucket_url, object_url
@@ -35,19 +36,19 @@ from idc_sync.disk.lanes import Lane, answer, report
 from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob, ProgressCallback, Throttle
 from idc_sync.engines.settle import settle
-from idc_sync.net.httpget import BodyTooLarge, HttpGetter, Response
+from idc_sync.net.http import HttpClient, Response
+from idc_sync.net.options import NetOptions
 from idc_sync.net.pacing import AdaptiveLimit
 from idc_sync.net.ranged import RangedTransfer, Target
+from idc_sync.net.tls import client_context
+from idc_sync.net.wire import describe_status
 
-if TYPE_CHECKING:
-    import aiohttp
-
-USER_AGENT = f"idc-sync/{__version__}"
 # Bodies up to this size are read whole on the event loop and stored with one thread hop;
 # larger ones are fetched as parallel ranged GETs on worker threads (ranged.py).
 SMALL_OBJECT = 8 << 20
-# A ListObjectsV2 page of 1,000 keys is ~300 kB; a larger one is not a listing.
-LIST_PAGE = 16 << 20
+# A ListObjectsV2 page of 1,000 keys is ~300 kB (~1.2 MB with keys of S3's longest); a
+# larger one is not a listing.
+LIST_PAGE = 4 << 20
 RANGE_BYTES = 32 << 20
 RANGE_STREAMS = 4  # ranges of one object in flight at once
 RANGE_THREADS = 16  # range workers shared by every large object
@@ -59,13 +60,12 @@ COMMIT_THREADS = 32
 
 T = TypeVar("T")
 
-_ERROR_CODE = re.compile(rb"<Code>([A-Za-z]+)</Code>")
 
-
-def _status_error(status: int, code: str | None, what: str) -> Exception:
+def _status_error(status: int, code: str | None, location: str | None, what: str) -> Exception:
     """An error for a non-success answer; ``what`` names the request kind, not the key
-    (the queue row and the log line already name the object)."""
-    detail = f"{what}: HTTP {status}{' ' + code if code else ''}"
+    (the queue row and the log line already name the object). A redirect not followed
+    names its Location."""
+    detail = f"{what}: {describe_status(status, code, location)}"
     failure = classify_status(status, code)
     if failure is FailureClass.PERMANENT:
         return PermanentError(detail)
@@ -84,8 +84,7 @@ class NativeEngine:
         concurrency: int,
         pin_etag: bool = True,
         throttle: Throttle | None = None,
-        connect_timeout: float = 30.0,
-        read_timeout: float = 120.0,
+        network: NetOptions | None = None,
         small_object: int = SMALL_OBJECT,
         range_bytes: int = RANGE_BYTES,
         range_streams: int = RANGE_STREAMS,
@@ -103,11 +102,9 @@ class NativeEngine:
         self._storage: Lane | None = None
         self._commits: Lane | None = None
         self._pace = AdaptiveLimit(concurrency + 8, floor=min(4, concurrency))
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        self._network = network or NetOptions()
         self._stack = AsyncExitStack()
-        self._http: aiohttp.ClientSession | None = None
-        self._getter: HttpGetter | None = None
+        self._getter: HttpClient | None = None
 
     async def __aenter__(self) -> NativeEngine:
         self._ranges = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="idc-sync-range")
@@ -119,46 +116,31 @@ class NativeEngine:
         self._stack.callback(self._storage.close)
         self._stack.callback(self._followers.shutdown, wait=False, cancel_futures=True)
         self._stack.callback(self._ranges.shutdown, wait=False, cancel_futures=True)
-        self._getter = await self._stack.enter_async_context(
-            HttpGetter(
-                user_agent=USER_AGENT,
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-            )
-        )
+        # a proxy or a CA bundle that can never work is a configuration error now, not a
+        # failure of every request
+        self._network.check(self._endpoint)
+        if self._network.ca_bundle is not None:
+            client_context(self._network.ca_bundle)
+        self._getter = await self._stack.enter_async_context(HttpClient(self._network))
         return self
-
-    async def _head_session(self) -> aiohttp.ClientSession:
-        """aiohttp for the few HEADs a run sends (multipart part sizes): httpget.py reads
-        bodies, and a HEAD has none. Started on first use, so most runs never import it."""
-        if self._http is None:
-            import aiohttp
-
-            self._http = await self._stack.enter_async_context(
-                aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=self._connect_timeout, sock_read=self._read_timeout
-                    ),
-                    headers={"User-Agent": USER_AGENT},
-                    auto_decompress=False,
-                    # Public buckets: never send credentials, never read them from the
-                    # environment.
-                    trust_env=False,
-                )
-            )
-        return self._http
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
+    async def list_series(
+        self, bucket: str, crdc_series_uuid: str, instance_count: int | None
+    ) -> list[ListedObject]:
         """Every object under ``<crdc_series_uuid>/``, across all pages (ListObjectsV2 as
-        plain unsigned HTTP: a tenth of botocore's CPU per page, see README)."""
+        plain unsigned HTTP: a tenth of botocore's CPU per page, see README). A listing
+        that goes past what ``instance_count`` allows (core.listing.ListingBounds) raises
+        ListingTooLong naming the series."""
         assert self._getter is not None
         prefix = f"{crdc_series_uuid}/"
         url = bucket_url(self._endpoint, bucket)
+        bounds = ListingBounds.for_series(instance_count)
         found: list[ListedObject] = []
         token: str | None = None
+        pages = 0
         while True:
             params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
             if token is not None:
@@ -175,23 +157,37 @@ class NativeEngine:
                     raise self._refused_answer(response, f"LIST {bucket}/{prefix}")
                 self._pace.succeeded()
             page = parse_list_page(body)
+            pages += 1
             found.extend(page.objects)
             if page.next_token is None:
                 return found
             if page.next_token == token:
                 raise RetryableError(f"LIST {bucket}/{prefix}: the server repeats a page")
+            if len(found) > bounds.max_keys or pages >= bounds.max_pages:
+                count = "unknown" if instance_count is None else f"{instance_count:,}"
+                # short: the retry summary keeps 80 characters of a reason, and the series'
+                # own log line and queue row name the series
+                raise ListingTooLong(
+                    f"listing goes on past {len(found):,} keys in {pages:,} pages; the index "
+                    f"counts {count} instances"
+                )
             token = page.next_token
 
     async def part_size(self, bucket: str, key: str) -> int:
         """Size of part 1 of a multipart object, which fixes the part size for its ETag."""
+        assert self._getter is not None
         url = object_url(self._endpoint, bucket, key) + "?partNumber=1"
-        http = await self._head_session()
-        async with self._pace, http.head(url, allow_redirects=False) as response:
+        async with self._pace:
+            response = await self._getter.head(url, {})
             if response.status not in (200, 206):
-                raise self._refused(response.status, None, "HEAD part 1")
-            if response.content_length is None:
+                raise self._refused(
+                    response.status, None, response.header("location"), "HEAD part 1"
+                )
+            length = response.header("content-length")
+            if length is None or not length.isdigit():
                 raise RetryableError("HEAD part 1: no Content-Length")
-            return response.content_length
+            self._pace.succeeded()
+            return int(length)
 
     async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
         headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
@@ -232,16 +228,16 @@ class NativeEngine:
 
     def _refused_answer(self, response: Response, what: str) -> Exception:
         """The error for a non-200 answer, with the S3 error code its XML body names."""
-        match = _ERROR_CODE.search(response.body[:4096])
-        code = match.group(1).decode() if match else None
-        return self._refused(response.status, code, what)
+        return self._refused(
+            response.status, response.error_code, response.header("location"), what
+        )
 
-    def _refused(self, status: int, code: str | None, what: str) -> Exception:
+    def _refused(self, status: int, code: str | None, location: str | None, what: str) -> Exception:
         """The error for a non-success answer; SlowDown, 503 and 429 also halve the number
         of requests in flight."""
         if status in (429, 503) or code == "SlowDown":
             self._pace.throttled()
-        return _status_error(status, code, what)
+        return _status_error(status, code, location, what)
 
     async def _store(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking file work on the engine's storage threads."""
@@ -296,15 +292,15 @@ class NativeEngine:
             if throttle is not None:
                 asyncio.run_coroutine_threadsafe(throttle.take(count), loop).result()
 
-        target = Target(url, {**headers, "User-Agent": USER_AGENT}, self._read_timeout)
+        target = Target(url, headers, self._network)
         temp = await self._store(TempFile, job.final)
         transfer = RangedTransfer(
             temp, target, job.expected.size, self._range_bytes, _status_error, progress
         )
         threads: list[asyncio.Future[None]] = []
         try:
-            message = await loop.run_in_executor(self._ranges, transfer.open_first)
-            goog = parse_goog_hash(message.get_all("x-goog-hash") or [])
+            first = await loop.run_in_executor(self._ranges, transfer.open_first)
+            goog = parse_goog_hash(first.header_all("x-goog-hash"))
             hasher = hashers_needed(job.expected, goog, job.part_size)
             threads.append(loop.run_in_executor(self._followers, transfer.hash_in_order, hasher))
             streams = min(self._range_streams, len(transfer.ranges))

@@ -10,7 +10,12 @@ file. A line per object costs s5cmd ~2 ms of CPU and a HEAD; a wildcard line per
 (``--include`` per instance) is cheaper, but the mirror hands objects over one at a time as
 slots free up, so such lines carry one or two objects and each lists its whole series:
 slower still. s5cmd sees no x-goog-hash, so on GCS the checks rest on the listing's
-ETag alone."""
+ETag alone.
+
+s5cmd (Go) reads HTTP_PROXY, HTTPS_PROXY and NO_PROXY itself, and its AWS SDK reads
+AWS_CA_BUNDLE: its environment gets the effective proxy (the ``proxy`` key, or ALL_PROXY,
+which Go does not read) and ``ca_bundle`` (``s5cmd_environment``). Go never proxies
+requests to localhost or loopback addresses, whatever the variables say."""
 
 from __future__ import annotations
 
@@ -23,9 +28,12 @@ import re
 import shlex
 import shutil
 from collections import deque
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment
 
 from idc_sync.core.errors import (
     ConfigurationError,
@@ -40,6 +48,7 @@ from idc_sync.core.verify import Verdict, hash_file, hashers_needed
 from idc_sync.disk.storage import TempFile, temp_path_for
 from idc_sync.engines.base import Engine, FetchJob, ProgressCallback
 from idc_sync.engines.settle import settle
+from idc_sync.net.options import NetOptions
 
 log = logging.getLogger("idc_sync")
 
@@ -49,6 +58,30 @@ _STATUS_ERROR = re.compile(r"^(?:(?P<code>[A-Za-z]+): )?.*status code: (?P<statu
 _LOCAL_FAILURES = ("no space left on device", "disk quota exceeded", "read-only file system")
 # How long a closing s5cmd may take to finish copies nobody waits for any more.
 _EXIT_SECONDS = 10.0
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def s5cmd_environment(
+    environ: Mapping[str, str], network: NetOptions, endpoint: str
+) -> dict[str, str]:
+    """s5cmd's environment: ``environ`` with the proxy our own requests to ``endpoint`` use
+    as HTTP_PROXY and HTTPS_PROXY (NO_PROXY kept), and ``ca_bundle`` as AWS_CA_BUNDLE."""
+    env = dict(environ)
+    scheme = urlsplit(endpoint).scheme
+    if network.proxy is not None:
+        chosen = network.proxy.strip()
+    else:
+        proxies = getproxies_environment()
+        chosen = proxies.get(scheme) or proxies.get("all") or ""
+    for name in _PROXY_VARIABLES:
+        env.pop(name, None)
+        env.pop(name.lower(), None)
+    if chosen:
+        for name in _PROXY_VARIABLES[:2]:
+            env[name] = env[name.lower()] = chosen
+    if network.ca_bundle is not None:
+        env["AWS_CA_BUNDLE"] = str(network.ca_bundle)
+    return env
 
 
 def find_s5cmd() -> Path:
@@ -159,11 +192,13 @@ class S5cmdEngine:
         concurrency: int,
         binary: Path | None = None,
         retry_count: int = 0,
+        network: NetOptions | None = None,
     ) -> None:
         self._binary = binary if binary is not None else find_s5cmd()
         self._endpoint = endpoint
         self._workers = concurrency
         self._retry_count = retry_count
+        self._network = network or NetOptions()
         self._native = lister
         self._run: _Run | None = None
         self._starting = asyncio.Lock()
@@ -178,8 +213,10 @@ class S5cmdEngine:
             await self._stop(self._run)
         await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
-        return await self._native.list_series(bucket, crdc_series_uuid)
+    async def list_series(
+        self, bucket: str, crdc_series_uuid: str, instance_count: int | None
+    ) -> list[ListedObject]:
+        return await self._native.list_series(bucket, crdc_series_uuid, instance_count)
 
     async def part_size(self, bucket: str, key: str) -> int:
         return await self._native.part_size(bucket, key)
@@ -230,6 +267,7 @@ class S5cmdEngine:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=1 << 24,  # the longest output line we can read
+                env=s5cmd_environment(os.environ, self._network, self._endpoint),
             )
         except OSError as error:
             raise RetryableError(f"cannot start s5cmd ({self._binary}): {error}") from error

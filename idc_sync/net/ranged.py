@@ -1,60 +1,44 @@
 """Large objects: parallel ranged GETs on worker threads, written with positional writes into
 one temp file and hashed in order by a follower thread that reads back what has arrived.
 
-The event loop only orchestrates. Reading a socket into a reused buffer, MD5 and ``pwrite``
-all release the GIL, so a large object costs little more CPU than the copies themselves,
-where reading it through the event loop makes one core the bottleneck."""
+The event loop only orchestrates. Reading a socket into a reused buffer (the blocking face
+of the client, net/blocking.py), MD5 and ``pwrite`` all release the GIL, so a large object
+costs little more CPU than the copies themselves, where reading it through the event loop
+makes one core the bottleneck."""
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import itertools
 import re
 import socket
-import ssl
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from idc_sync.core.errors import IntegrityError, RetryableError
+from idc_sync.core.errors import Aborted, IntegrityError, RetryableError
 from idc_sync.core.verify import StreamHasher
 from idc_sync.disk.storage import TempFile
+from idc_sync.net.blocking import BlockingResponse, open_response
+from idc_sync.net.options import NetOptions
 
 READ_CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-_ERROR_CODE = re.compile(rb"<Code>([A-Za-z]+)</Code>")
-
-
-class Aborted(Exception):
-    """Another range of the same object failed, or the transfer was cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one object's bytes come from: an absolute URL and the request headers."""
+    """Where one object's bytes come from: an absolute URL, the request headers and the way
+    out (proxy, TLS, timeouts)."""
 
     url: str
     headers: Mapping[str, str]
-    timeout: float
-
-    def connect(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.url)
-        host, port = parts.hostname or "", parts.port
-        if parts.scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
-
-    @property
-    def path(self) -> str:
-        parts = urlsplit(self.url)
-        return parts.path + (f"?{parts.query}" if parts.query else "")
+    options: NetOptions
 
 
-StatusError = Callable[[int, str | None, str], Exception]
+# (status, S3 error code, Location, what) -> the error to raise
+StatusError = Callable[[int, str | None, str | None, str], Exception]
 
 
 class RangedTransfer:
@@ -84,8 +68,8 @@ class RangedTransfer:
         self._frontier = 0  # every byte before this offset is written
         self._changed = threading.Condition()
         self._error: BaseException | None = None
-        self._first: tuple[http.client.HTTPConnection, http.client.HTTPResponse] | None = None
-        self._open: set[http.client.HTTPConnection] = set()
+        self._first: BlockingResponse | None = None
+        self._open: list[socket.socket] = []
 
     # -- control ---------------------------------------------------------------------------
 
@@ -96,11 +80,10 @@ class RangedTransfer:
             if self._error is None:
                 self._error = error
             self._changed.notify_all()
-            connections = list(self._open)
-        for connection in connections:
-            if connection.sock is not None:
-                with contextlib.suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -113,55 +96,45 @@ class RangedTransfer:
     def close_unused(self) -> None:
         """Close range 0's response if no worker took it (the transfer failed first)."""
         if self._first is not None:
-            (connection, response), self._first = self._first, None
-            self._close(connection, response)
+            response, self._first = self._first, None
+            self._close(response)
 
     # -- the first range: its headers decide what to hash ------------------------------
 
-    def open_first(self) -> http.client.HTTPMessage:
-        """Send the GET of range 0 and return its headers; its body is read by ``work``."""
-        connection, response = self._request(*self.ranges[0])
-        self._first = connection, response
-        return response.msg
+    def open_first(self) -> BlockingResponse:
+        """Send the GET of range 0 and return its answer; its body is read by ``work``."""
+        self._first = self._request(*self.ranges[0])
+        return self._first
 
-    def _request(
-        self, start: int, end: int
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        connection = self.target.connect()
-        response: http.client.HTTPResponse | None = None
+    def _request(self, start: int, end: int) -> BlockingResponse:
+        self._check()
+        headers = {**self.target.headers, "Range": f"bytes={start}-{end - 1}"}
         with self._changed:
-            self._open.add(connection)
+            opened = self._open
+        with _naming_range(start, end):
+            response = open_response(
+                self.target.options, "GET", self.target.url, headers, limit=end - start,
+                opened=opened,
+            )  # fmt: skip
         try:
             self._check()
-            headers = {**self.target.headers, "Range": f"bytes={start}-{end - 1}"}
-            connection.request("GET", self.target.path, headers=headers)
-            response = connection.getresponse()
             if response.status != 206:
-                body = response.read(4096)
-                match = _ERROR_CODE.search(body)
-                code = match.group(1).decode() if match else None
                 if response.status == 200:
                     raise RetryableError("GET: the server ignored the Range header")
-                raise self._status_error(response.status, code, "GET range")
-            self._check_content_range(response.getheader("Content-Range", ""), start, end)
-            return connection, response
-        except (OSError, http.client.HTTPException) as error:
-            self._close(connection, response)
-            raise RetryableError(f"GET range {start}-{end - 1}: {_describe(error)}") from error
+                code = response.error_code()
+                raise self._status_error(
+                    response.status, code, response.header("location"), "GET range"
+                )
+            self._check_content_range(response.header("content-range") or "", start, end)
+            return response
         except BaseException:
-            self._close(connection, response)
+            self._close(response)
             raise
 
-    def _close(
-        self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse | None
-    ) -> None:
-        """Close both: a response's file object keeps its socket open past the connection's
-        close()."""
-        with self._changed:
-            self._open.discard(connection)
-        if response is not None:
-            response.close()
-        connection.close()
+    def _close(self, response: BlockingResponse) -> None:
+        with self._changed, contextlib.suppress(ValueError):
+            self._open.remove(response.sock)
+        response.close()
 
     def _check_content_range(self, value: str, start: int, end: int) -> None:
         match = _CONTENT_RANGE.fullmatch(value.strip())
@@ -190,18 +163,16 @@ class RangedTransfer:
     def _fetch_range(self, index: int) -> None:
         start, end = self.ranges[index]
         if index == 0 and self._first is not None:
-            (connection, response), self._first = self._first, None
+            response, self._first = self._first, None
         else:
-            connection, response = self._request(start, end)
+            response = self._request(start, end)
         buffer = memoryview(bytearray(min(READ_CHUNK, end - start)))
         offset = start
         try:
             while offset < end:
                 self._check()
-                try:
+                with _naming_range(start, end):
                     count = response.readinto(buffer[: min(len(buffer), end - offset)])
-                except (OSError, http.client.HTTPException) as error:
-                    raise RetryableError(f"GET range: {_describe(error)}") from error
                 if count == 0:
                     raise RetryableError(
                         f"GET range: body cut short at {offset - start} of {end - start} bytes"
@@ -209,9 +180,12 @@ class RangedTransfer:
                 self.temp.write_at(buffer[:count], offset)
                 offset += count
                 self._wrote(index, count)
+                waited = time.monotonic()
                 self._progress(count)
+                # a bandwidth cap's wait is not the server's slowness
+                response.exclude(time.monotonic() - waited)
         finally:
-            self._close(connection, response)
+            self._close(response)
 
     def _wrote(self, index: int, count: int) -> None:
         with self._changed:
@@ -260,7 +234,10 @@ def index_of(ranges: list[tuple[int, int]], offset: int) -> int:
     return min(offset // part, len(ranges) - 1) if part else 0
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, socket.timeout | TimeoutError):
-        return "timed out"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+@contextlib.contextmanager
+def _naming_range(start: int, end: int) -> Iterator[None]:
+    """Say which range a transient failure struck, keeping its class (a stall stays one)."""
+    try:
+        yield
+    except RetryableError as error:
+        raise type(error)(f"GET range {start}-{end - 1}: {error}") from error

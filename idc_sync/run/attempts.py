@@ -10,7 +10,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
-from idc_sync.core.retry import FailureClass, RetryPolicy, classify_exception
+from idc_sync.core.retry import STOPS_RUN, FailureClass, RetryPolicy, classify_exception
 
 log = logging.getLogger("idc_sync.run.mirror")
 
@@ -34,7 +34,8 @@ class NoObserver:
 
 
 class LocalFailure(Exception):
-    """Our own disk failed during an attempt (``cause``): stop, do not retry."""
+    """Our own disk, or the way to the buckets (a TLS or proxy setup), failed during an
+    attempt (``cause``): the run stops, it does not retry."""
 
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
@@ -57,7 +58,7 @@ async def retrying(
     rescue: Rescue | None = None,
 ) -> T:
     """``attempt()`` until it succeeds. Raises RetryExhausted when the policy gives up (a
-    permanent failure at once), LocalFailure for a failure of our own disk."""
+    permanent failure at once), LocalFailure for a failure that stops the run."""
     while True:
         try:
             return await attempt()
@@ -66,7 +67,7 @@ async def retrying(
         except Exception as error:
             failure = classify_exception(error)
             observer.attempt_failed(failure)
-            if failure is FailureClass.LOCAL:
+            if failure in STOPS_RUN:
                 raise LocalFailure(error) from error
             if rescue is not None and await rescue(error):
                 continue

@@ -13,7 +13,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from idc_sync.core.errors import LocalStorageError, PermanentError, UnsafePathError
+from idc_sync.core.errors import (
+    LocalStorageError,
+    NetworkSetupError,
+    PermanentError,
+    UnsafePathError,
+)
 from idc_sync.core.layout import instance_file_name, parse_object_key, resolve_inside
 from idc_sync.core.lifecycle import ObjectState, SeriesExpectation, SeriesState, series_verdict
 from idc_sync.core.logs import about
@@ -168,7 +173,8 @@ class Mirror:
             await self._queue.finish_series(uuid, SeriesState.FAILED, tally, reason)
             self.summary.series_failed += 1
             return
-        except (LocalStorageError, LocalFailure) as error:
+        except (LocalStorageError, NetworkSetupError, LocalFailure) as error:
+            # our disk, or the way to the buckets: nothing else can succeed either
             self.stop(str(error))
             with contextlib.suppress(LocalStorageError):  # the state's own disk may be full
                 await self._queue.finish_series(
@@ -257,7 +263,7 @@ class Mirror:
         uuid = row.crdc_series_uuid
 
         async def listing() -> list[ObjectRow]:
-            listed = await cloud.engine.list_series(cloud.bucket, uuid)
+            listed = await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
             return [ObjectRow(item.key, uuid, item.size, item.etag, directory) for item in listed]
 
         listed = await retrying(

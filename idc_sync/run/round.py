@@ -54,13 +54,17 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
         concurrency=settings.concurrency,
         pin_etag=settings.source == "aws",
         throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
+        network=settings.network,
     )
     async with native:
         if settings.engine != "s5cmd":
             yield native
             return
         async with S5cmdEngine(
-            settings.endpoint, lister=native, concurrency=settings.concurrency
+            settings.endpoint,
+            lister=native,
+            concurrency=settings.concurrency,
+            network=settings.network,
         ) as engine:
             yield engine
 
@@ -76,6 +80,7 @@ def open_failover_engine(settings: Settings) -> AbstractAsyncContextManager[Engi
         concurrency=settings.concurrency,
         pin_etag=False,
         throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
+        network=settings.network,
     )
 
 

@@ -319,9 +319,11 @@ class MeteredEngine:
         self._engine = engine
         self._metrics = metrics
 
-    async def list_series(self, bucket: str, crdc_series_uuid: str) -> list[ListedObject]:
+    async def list_series(
+        self, bucket: str, crdc_series_uuid: str, instance_count: int | None
+    ) -> list[ListedObject]:
         with _Timed(self._metrics, "list"):
-            return await self._engine.list_series(bucket, crdc_series_uuid)
+            return await self._engine.list_series(bucket, crdc_series_uuid, instance_count)
 
     async def part_size(self, bucket: str, key: str) -> int:
         with _Timed(self._metrics, "head"):

@@ -15,16 +15,21 @@ from idc_sync.core.listing import parse_list_page
 from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass, classify_exception
 from idc_sync.engines.native import NativeEngine
+from idc_sync.net.options import NetOptions
+from idc_sync.net.wire import LowSpeed
 from tests.support.moto import moto_put
 from tests.support.s3server import S3TestServer
+
+# no byte for 10 s fails an attempt
+FAST = NetOptions(connect_timeout=5, low_speed=LowSpeed(0, 10))
 
 SERIES = "5e1d7c2a-0000-4000-8000-00000000abcd"
 
 
 def listing(endpoint: str, bucket: str, series: str = SERIES) -> list[ListedObject]:
     async def go() -> list[ListedObject]:
-        async with NativeEngine(endpoint, concurrency=4, read_timeout=10) as engine:
-            return await engine.list_series(bucket, series)
+        async with NativeEngine(endpoint, concurrency=4, network=FAST) as engine:
+            return await engine.list_series(bucket, series, None)
 
     return asyncio.run(go())
 

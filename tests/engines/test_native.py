@@ -15,7 +15,12 @@ from idc_sync.core.errors import IntegrityError, PermanentError, RetryableError
 from idc_sync.core.verify import Verdict, expectation_from_listing
 from idc_sync.engines.base import FetchJob
 from idc_sync.engines.native import NativeEngine
+from idc_sync.net.options import NetOptions
+from idc_sync.net.wire import LowSpeed
 from tests.support.s3server import S3TestServer
+
+# no byte for 10 s fails an attempt
+FAST = NetOptions(connect_timeout=5, low_speed=LowSpeed(0, 10))
 
 BUCKET = "idc-open-data"
 SERIES = "0a1b2c3d-0000-4000-8000-000000000001"
@@ -47,7 +52,7 @@ def fetch(
             small_object=MIB,
             range_bytes=MIB,
             range_streams=3,
-            read_timeout=10,
+            network=FAST,
         )
         async with engine:
             job = FetchJob(BUCKET, KEY, expectation_from_listing(etag, size), final, part_size)
@@ -202,7 +207,7 @@ def test_cancelling_a_large_transfer_stops_its_threads_and_discards_the_temp_fil
     async def go() -> float:
         engine = NativeEngine(
             s3_server.endpoint, concurrency=4, small_object=MIB, range_bytes=MIB,
-            range_streams=3, read_timeout=60,
+            range_streams=3, network=NetOptions(low_speed=LowSpeed(0, 60)),
         )  # fmt: skip
         async with engine:
             job = FetchJob(BUCKET, KEY, expectation_from_listing(stored.etag, len(data)), final)

@@ -44,6 +44,7 @@ import hashlib
 import http.server
 import random
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -78,6 +79,8 @@ FaultKind = Literal[
     "changed",
     "list_omit",
     "list_extra",
+    "trickle",
+    "endless_list",
 ]
 
 _ALL: frozenset[RequestKind] = frozenset({"GET", "HEAD", "LIST"})
@@ -152,6 +155,17 @@ FAULT_KINDS: Mapping[FaultKind, FaultKindInfo] = {
         "append `extra_keys` to the first page of a listing (even outside the prefix; "
         "hostile keys welcome). A key also put() on the server is listed with its size and "
         "ETag, any other with Size 0 and the MD5 of nothing",
+    ),
+    "trickle": FaultKindInfo(
+        frozenset({"GET", "LIST"}),
+        False,
+        "send the headers at once, then the body one byte every `seconds` (default 1)",
+    ),
+    "endless_list": FaultKindInfo(
+        frozenset({"LIST"}),
+        False,
+        "every page lists the prefix from its start and says IsTruncated with a fresh "
+        "continuation token, forever",
     ),
 }
 
@@ -322,6 +336,7 @@ class _Reply:
     delay: float = 0.0
     cut: Literal["reset", "truncate"] | None = None
     cut_after: int = 0
+    trickle: float = 0.0  # seconds between body bytes
     faults: list[FaultKind] = field(default_factory=list)
 
 
@@ -415,12 +430,15 @@ class S3TestServer:
         *,
         goog_hash: GoogHashStyle = "one",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if flavour not in get_args(Flavour):
             raise ValueError(f"flavour must be 's3' or 'gcs', not {flavour!r}")
         self.flavour: Flavour = flavour
         self.goog_hash: GoogHashStyle = goog_hash
         self.requested_port = port  # 0: any free port
+        self.tls = tls  # serve HTTPS with this server context
+        self.accepted = 0  # connections accepted (TLS or not)
         self.faults = FaultPlan(seed=seed)
         self.errors: list[BaseException] = []
         self._buckets: dict[str, dict[str, StoredObject]] = {}
@@ -479,7 +497,7 @@ class S3TestServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     # -- objects -----------------------------------------------------------------------
 
@@ -679,6 +697,10 @@ class S3TestServer:
 
     def _body_faults(self, reply: _Reply, kind: RequestKind, subject: str | None) -> None:
         body_len = len(reply.body)
+        trickle = self.faults.draw("trickle", kind, subject)
+        if trickle is not None:
+            reply.faults.append("trickle")
+            reply.trickle = trickle.seconds or 1.0
         for cut in ("reset", "truncate"):
             fault = self.faults.draw(cut, kind, subject)
             if fault is not None:
@@ -883,6 +905,10 @@ class S3TestServer:
             return self._error(400, "InvalidArgument", "Provided max-keys not an integer")
         max_keys = max(max_keys, 0)
         token = param("continuation-token")
+        endless = self.faults.draw("endless_list", "LIST", prefix) is not None
+        if endless:
+            fired.append("endless_list")
+            token = None  # every page starts over
         start_after = param("start-after")
         delimiter = param("delimiter") or None
         url_encode = param("encoding-type") == "url"
@@ -949,8 +975,11 @@ class S3TestServer:
             xml.append(f"<Delimiter>{enc(delimiter)}</Delimiter>")
         if url_encode:
             xml.append("<EncodingType>url</EncodingType>")
-        xml.append(f"<IsTruncated>{'true' if next_marker is not None else 'false'}</IsTruncated>")
-        if next_marker is not None:
+        truncated = next_marker is not None or endless
+        xml.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
+        if endless:
+            xml.append(f"<NextContinuationToken>{uuid.uuid4().hex}</NextContinuationToken>")
+        elif next_marker is not None:
             next_token = base64.urlsafe_b64encode(next_marker.encode()).decode()
             xml.append(f"<NextContinuationToken>{next_token}</NextContinuationToken>")
         xml += contents
@@ -992,6 +1021,7 @@ class S3TestServer:
         with self._lock:
             if self._stopping.is_set():
                 return False
+            self.accepted += 1
             self._connections.add(conn)
             return True
 
@@ -1055,6 +1085,13 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     def __init__(self, owner: S3TestServer) -> None:
         self.owner = owner
         super().__init__(("127.0.0.1", owner.requested_port), _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.owner.tls is not None:
+            # the handshake happens on the handler's thread, at its first read
+            sock = self.owner.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def shutdown_request(self, request: Any) -> None:
         if self.owner._take_reset(request):
@@ -1138,6 +1175,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             payload += reply.body[: reply.cut_after]
             if reply.cut == "reset":
                 owner._mark_reset(self.connection)
+        elif reply.trickle:
+            owner._record(recorded)
+            self.wfile.write(payload)
+            self.wfile.flush()
+            for index in range(len(reply.body)):
+                if owner._stopping.wait(reply.trickle):
+                    self.close_connection = True
+                    return
+                self.wfile.write(reply.body[index : index + 1])
+                self.wfile.flush()
+            return
         else:
             payload += reply.body
         owner._record(recorded)

@@ -26,6 +26,7 @@ from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore.config import Config
 
+from idc_sync.core.listing import parse_list_page
 from tests.support.moto import MotoServer, moto_put, signed_client, unsigned_client
 from tests.support.s3server import (
     FAULT_KINDS,
@@ -559,6 +560,33 @@ def test_rate_faults_are_seeded_and_scoped() -> None:
     assert plan.draw("status_500", "GET", "s/2") is None  # times=1 used up
     with pytest.raises(ValueError, match="applies only to"):
         plan.add("flip", on={"LIST"})
+
+
+def test_trickle_sends_the_body_one_byte_at_a_time(s3_server: S3TestServer) -> None:
+    s3_server.put("b", "k", b"abcd")
+    s3_server.faults.add("trickle", keys=["k"], seconds=0.2)
+    started = time.monotonic()
+    status, _, body = raw(s3_server, "GET", "/b/k")
+    assert (status, body) == (200, b"abcd")
+    assert time.monotonic() - started >= 0.75  # four bytes, 0.2 s before each
+
+
+def test_endless_list_says_truncated_with_a_fresh_token_every_time(
+    s3_server: S3TestServer,
+) -> None:
+    s3_server.put("b", "s/1.dcm", b"1")
+    s3_server.faults.add("endless_list")
+    tokens = set()
+    target = "/b?list-type=2&prefix=s/"
+    for _ in range(3):
+        status, _, body = raw(s3_server, "GET", target)
+        page = parse_list_page(body)
+        assert status == 200
+        assert [o.key for o in page.objects] == ["s/1.dcm"]
+        assert page.next_token is not None
+        tokens.add(page.next_token)
+        target = f"/b?list-type=2&prefix=s/&continuation-token={page.next_token}"
+    assert len(tokens) == 3
 
 
 def test_every_documented_fault_kind_has_a_test_here() -> None:

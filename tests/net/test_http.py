@@ -1,6 +1,7 @@
-"""The lean GET client (idc_sync/httpget.py) against real sockets on 127.0.0.1: the project's
-S3 test server for ordinary answers, and a scripted raw server for the answers a well-kept
-server never gives (chunked bodies, stalls, truncation, garbage, closed keep-alives)."""
+"""The event-loop face of the HTTP client (idc_sync/net/http.py) against real sockets on
+127.0.0.1: the project's S3 test server for ordinary answers, and a scripted raw server for
+the answers a well-kept server never gives (chunked bodies, stalls, truncation, garbage,
+closed keep-alives)."""
 
 from __future__ import annotations
 
@@ -10,68 +11,22 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from idc_sync.core.errors import RetryableError
-from idc_sync.net.httpget import BUFFER_STEP, BodyTooLarge, BufferPool, HttpGetter
+from idc_sync.core.errors import BodyTooLarge, RetryableError
+from idc_sync.net.buffers import BUFFER_STEP, BufferPool
+from idc_sync.net.http import HttpClient
+from idc_sync.net.options import NetOptions
+from idc_sync.net.wire import LowSpeed
 from tests.support.s3server import S3TestServer
+from tests.support.scripted import ScriptedServer, ok
 
-Script = Callable[[bytes, int], list[bytes | float | None]]
-
-
-class ScriptedServer:
-    """Answers each request with what ``script(request, number)`` returns: bytes to send,
-    a float to sleep, None to close the connection. Counts connections and requests."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    request = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                self.requests.append(request)
-                for step in self.script(request, len(self.requests)):
-                    if step is None:
-                        return
-                    if isinstance(step, float):
-                        await asyncio.sleep(step)
-                    else:
-                        writer.write(step)
-                        await writer.drain()
-        finally:
-            writer.close()
+OPTIONS = NetOptions(connect_timeout=2, low_speed=LowSpeed(0, 1), user_agent="idc-sync-test")
 
 
-def ok(body: bytes, *extra: str) -> bytes:
-    head = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", *extra]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def run(test: Callable[[HttpGetter], Awaitable[None]]) -> None:
+def run(test: Callable[[HttpClient], Awaitable[None]], options: NetOptions = OPTIONS) -> None:
     """Run one test body on a fresh event loop with a fresh client."""
 
     async def go() -> None:
-        async with HttpGetter(user_agent="idc-sync-test", connect_timeout=2, read_timeout=1) as g:
+        async with HttpClient(options) as g:
             await test(g)
 
     asyncio.run(go())
@@ -80,7 +35,7 @@ def run(test: Callable[[HttpGetter], Awaitable[None]]) -> None:
 def test_bodies_of_every_size_arrive_whole_over_kept_alive_connections(
     s3_server: S3TestServer,
 ) -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         # sizes around the 64 KiB first read, where the body switches to direct reads
         sizes = [0, 1, 65_000, 65_536, 65_537, 200_000, 3_000_001]
         blobs = {f"s/{n}.dcm": bytes((i * 7 + n) % 251 for i in range(n)) for n in sizes}
@@ -100,7 +55,7 @@ def test_bodies_of_every_size_arrive_whole_over_kept_alive_connections(
 
 
 def test_sequential_requests_share_one_connection() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         async with ScriptedServer(lambda request, n: [ok(b"x" * n)]) as server:
             for n in range(1, 6):
                 response = await getter.get(f"{server.url}/b/k{n}", {"If-Match": '"e"'}, 10)
@@ -113,7 +68,7 @@ def test_sequential_requests_share_one_connection() -> None:
 
 
 def test_connection_close_is_honoured() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         async with ScriptedServer(lambda r, n: [ok(b"abc", "Connection: close"), None]) as server:
             for _ in range(3):
                 assert (await getter.get(f"{server.url}/b/k", {}, 3)).body == b"abc"
@@ -123,7 +78,7 @@ def test_connection_close_is_honoured() -> None:
 
 
 def test_a_kept_alive_connection_the_server_dropped_is_replaced_silently() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         # the server answers, then closes the idle connection without saying so
         async with ScriptedServer(lambda r, n: [ok(b"abc"), 0.05, None]) as server:
             assert (await getter.get(f"{server.url}/b/1", {}, 3)).body == b"abc"
@@ -135,7 +90,7 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced_silently() -> No
 
 
 def test_a_request_the_reused_connection_loses_unanswered_is_sent_again() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         # the second request meets a keep-alive connection the server is just closing
         answers: dict[int, list[bytes | float | None]] = {1: [ok(b"abc")], 2: [None]}
         async with ScriptedServer(lambda r, n: answers.get(n, [ok(b"def")])) as server:
@@ -148,7 +103,7 @@ def test_a_request_the_reused_connection_loses_unanswered_is_sent_again() -> Non
 
 
 def test_chunked_body_is_decoded() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         chunked = (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
@@ -164,7 +119,7 @@ def test_chunked_body_is_decoded() -> None:
 
 
 def test_announced_body_over_the_limit_is_refused_before_it_is_read() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n"
         async with ScriptedServer(lambda r, n: [head, b"x" * 1000, 5.0]) as server:
             with pytest.raises(BodyTooLarge) as raised:
@@ -175,7 +130,7 @@ def test_announced_body_over_the_limit_is_refused_before_it_is_read() -> None:
 
 
 def test_chunked_body_growing_past_the_limit_is_refused() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         body = (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             + b"64\r\n"
@@ -191,7 +146,7 @@ def test_chunked_body_growing_past_the_limit_is_refused() -> None:
 
 
 def test_error_answers_carry_their_xml_even_for_tiny_objects() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         xml = b"<?xml version='1.0'?><Error><Code>SlowDown</Code>" + b" " * 500 + b"</Error>"
         reply = b"HTTP/1.1 503 Slow Down\r\nContent-Length: %d\r\n\r\n" % len(xml) + xml
         async with ScriptedServer(lambda r, n: [reply]) as server:
@@ -206,7 +161,7 @@ def test_error_answers_carry_their_xml_even_for_tiny_objects() -> None:
     ("steps", "message"),
     [
         ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", None], "connection closed"),
-        ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 3.0], "no data"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 3.0], "stalled"),
         ([b"SMTP ready\r\n\r\n"], "malformed HTTP response"),
         ([None], "connection closed"),
     ],
@@ -215,7 +170,7 @@ def test_error_answers_carry_their_xml_even_for_tiny_objects() -> None:
 def test_transport_failures_are_retryable_and_the_connection_is_dropped(
     steps: list[bytes | float | None], message: str
 ) -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         answers: Iterator[list[bytes | float | None]] = iter([steps, [ok(b"0123456789")]])
         async with ScriptedServer(lambda r, n: next(answers)) as server:
             with pytest.raises(RetryableError, match=message):
@@ -228,7 +183,7 @@ def test_transport_failures_are_retryable_and_the_connection_is_dropped(
 
 
 def test_a_cancelled_request_does_not_leave_its_connection_for_the_next() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         def script(request: bytes, n: int) -> list[bytes | float | None]:
             if n == 1:
                 return [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nold", 0.5, b"old"]
@@ -244,7 +199,7 @@ def test_a_cancelled_request_does_not_leave_its_connection_for_the_next() -> Non
 
 
 def test_unreachable_server_is_retryable() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         server.close()
@@ -263,7 +218,7 @@ def test_borrowed_bodies_reuse_a_buffer_and_never_show_an_earlier_body() -> None
     small = b"c" * 1_000  # arrives with the headers
     answers = [first, second, small]
 
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         async with ScriptedServer(lambda request, n: [ok(answers[n - 1])]) as server:
             one = await getter.get(f"{server.url}/b/1", {}, len(first), borrow=True)
             assert isinstance(one.body, memoryview)
@@ -286,7 +241,7 @@ def test_borrowed_bodies_reuse_a_buffer_and_never_show_an_earlier_body() -> None
 
 
 def test_unborrowed_bodies_are_their_own_and_give_back_ignores_them() -> None:
-    async def body(getter: HttpGetter) -> None:
+    async def body(getter: HttpClient) -> None:
         async with ScriptedServer(lambda request, n: [ok(b"z" * BUFFER_STEP)]) as server:
             one = await getter.get(f"{server.url}/b/1", {}, BUFFER_STEP)
             assert isinstance(one.body, bytearray)
