@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import dataset
 from tests.support.cli import dicom_files, idc_sync, tree
+from tests.support.disks import remount, tmpfs
 from tests.support.mirror import expected_path
 from tests.support.s3server import S3TestServer
 
@@ -302,3 +303,50 @@ def test_help_lists_exit_codes_and_the_default_config_file_is_found(
     named.write_text((home / ".config" / "idc-sync" / "config.toml").read_text())
     by_variable = idc_sync("status", env={"IDC_SYNC_CONFIG": str(named)})
     assert by_variable.returncode == 0, by_variable.stderr
+
+
+# -- 9. local storage errors are one clear line --------------------------------------------
+
+
+def test_a_full_disk_under_the_state_is_one_line_and_the_next_run_completes(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    destination = tmp_path / "mirror"
+    with tmpfs(tmp_path / "state", "160k") as state:
+        args = [*series_args(rows), *common(destination, s3_server.endpoint),
+                "--state-dir", str(state)]  # fmt: skip
+        full = idc_sync("sync", *args)
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert f"no space left on device writing the state database {state}" in full.stderr
+        assert "Traceback" not in full.stderr
+        placed = {p.name for p in dicom_files(destination)}
+        s3_server.clear_requests()
+        remount(state, "size=16m")
+        again = idc_sync("sync", *args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "mirror complete" in again.stdout
+    # what was placed before the disk filled up is re-verified, not fetched again
+    assert not {key.split("/")[1] for key in gets(s3_server)} & placed
+    assert {p.name for p in dicom_files(destination)} == {k.split("/")[1] for _, k in uploaded}
+
+
+def test_a_read_only_mirror_is_one_line_exit_1_and_nothing_is_lost(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("two")
+    more = dataset.selection("single_instance")
+    dataset.populate(s3_server, rows + more)
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        args = [*common(disk / "idc", s3_server.endpoint), "--state-dir", str(tmp_path / "s")]
+        assert idc_sync("sync", *series_args(rows), *args).returncode == 0
+        before = tree(disk)
+        remount(disk, "ro")
+        done = idc_sync("sync", *series_args(more), *args)
+        remount(disk, "rw")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Read-only file system" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert tree(disk) == before
+        assert idc_sync("sync", *series_args(more), *args).returncode == 0

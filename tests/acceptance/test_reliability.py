@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from idc_sync.core.retry import RetryPolicy
 from idc_sync.disk.storage import is_temp_name
 from idc_sync.run.jobs import SyncReport, sync
 from tests.support import dataset
+from tests.support.disks import tmpfs
 from tests.support.mirror import assert_mirrored, expected_path, settings_for, state_rows
 from tests.support.s3server import FAULT_KINDS, S3TestServer
 
@@ -350,22 +350,8 @@ def test_20_kill_9_at_random_moments_then_resume_loses_and_refetches_nothing(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs as the mirror root: a disk that really fills up, and can grow."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small-disk", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 @pytest.mark.slow
