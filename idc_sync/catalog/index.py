@@ -14,13 +14,9 @@ from typing import Any
 import duckdb
 import idc_index_data
 
-from idc_sync.catalog.resolve import (
-    Resolution,
-    Resolver,
-    load_table,
-    sql_identifier,
-    sql_literal,
-)
+from idc_sync.catalog.resolution import Resolution
+from idc_sync.catalog.resolve import Resolver
+from idc_sync.catalog.sql import load_table, sql_identifier, sql_literal
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.core.selection import Selection, normalize_collection_id
 

@@ -9,20 +9,23 @@ large SQL answers are read from the index again, once for the counts and once pe
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from idc_sync.catalog.resolution import Resolution
+from idc_sync.catalog.sql import (
+    EMPTY_RESULT,
+    TRANSPORTABLE,
+    as_uuid,
+    load_table,
+    sql_identifier,
+    sql_literal,
+)
 from idc_sync.catalog.unknown import UnknownFinder
 from idc_sync.core.errors import SelectionError
-from idc_sync.core.manifest import CANONICAL_UUID
-from idc_sync.core.model import SeriesRecord, UnknownSelection
+from idc_sync.core.model import UnknownSelection
 from idc_sync.core.selection import Selection
 
 if TYPE_CHECKING:
@@ -30,144 +33,6 @@ if TYPE_CHECKING:
 
 # SQL answers up to this many current series are held in full rows, like named series.
 _SQL_NAMED_LIMIT = 50_000
-
-# What a value may hold to travel through the tab-separated file of Resolver._load; no
-# identifier IDC has holds anything else, so a value that does is simply unknown.
-_TRANSPORTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
-
-_EMPTY_RESULT = (
-    "SELECT CAST(NULL AS VARCHAR) AS crdc_series_uuid, CAST(NULL AS VARCHAR) AS SeriesInstanceUID, "
-    "CAST(NULL AS VARCHAR) AS collection_id, CAST(NULL AS VARCHAR) AS aws_bucket, "
-    "CAST(NULL AS VARCHAR) AS license_short_name, CAST(NULL AS VARCHAR) AS source_DOI, "
-    "CAST(NULL AS BIGINT) AS instance_count, CAST(NULL AS BIGINT) AS series_size_bytes, "
-    "CAST(NULL AS BIGINT) AS idc_version, CAST(NULL AS VARCHAR[]) AS instances"
-)
-
-
-def sql_literal(text: str) -> str:
-    # DDL (CREATE VIEW) takes no prepared parameters, so file paths are quoted by hand.
-    return "'" + text.replace("'", "''") + "'"
-
-
-def sql_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def as_uuid(value: str) -> str | None:
-    lowered = value.strip().lower()
-    return lowered if CANONICAL_UUID.fullmatch(lowered) else None
-
-
-def load_table(
-    cursor: Any, table: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]
-) -> None:
-    """Create temporary ``table`` from ``rows`` of text; rows with a control character (no
-    identifier IDC has holds one) are left out.
-
-    Values travel through a private tab-separated file, never through SQL text, and not as
-    query parameters either: binding any Python parameter makes the duckdb module import
-    pandas, numpy and pyarrow (0.5 s, ~90 MB of resident memory for the daemon's life).
-    """
-    descriptor, name = tempfile.mkstemp(prefix="idc-sync-selection-", suffix=".tsv")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            for row in rows:
-                if all(_TRANSPORTABLE.fullmatch(value) for value in row):
-                    file.write("\t".join(row) + "\n")
-        types = ", ".join(f"{sql_literal(column)}: 'VARCHAR'" for column in columns)
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT DISTINCT * FROM read_csv("
-            f"{sql_literal(name)}, header = false, delim = '\t', quote = '', escape = '', "
-            f"auto_detect = false, columns = {{{types}}})"
-        )
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
-class Resolution:
-    """A resolved selection: what is unknown, what identifiers were recognised as, how big it
-    is, and its series as a stream.
-
-    ``total_instances`` counts the named instances of a series selected by instance, and
-    ``total_bytes`` leaves out such series and series known only from prior_versions_index,
-    whose sizes are not exact. Batches come in no particular order. ``recognised`` lists
-    (part, value, origin) for each identifier, as the mirror's selection keeps it.
-    """
-
-    def __init__(
-        self,
-        cursor: Any,
-        query: str,
-        layout_columns: tuple[str, ...],
-        batch_size: int,
-        unknown: list[UnknownSelection],
-        recognised: list[tuple[str, str, str]],
-    ) -> None:
-        self._cursor = cursor
-        self._query = query
-        self._layout_columns = layout_columns
-        self._batch_size = batch_size
-        self._streaming = False
-        self.unknown = unknown
-        self.recognised = recognised
-        row = cursor.execute(
-            f"""
-            SELECT
-                count(*),
-                coalesce(sum(CASE WHEN instances IS NULL THEN instance_count
-                                  ELSE len(instances) END), 0),
-                coalesce(sum(CASE WHEN instances IS NULL THEN series_size_bytes END), 0)
-            FROM ({query}) AS selected
-            """
-        ).fetchone()
-        self.series_count = int(row[0])
-        self.total_instances = int(row[1])
-        self.total_bytes = int(row[2])
-
-    def batches(self) -> Iterator[list[SeriesRecord]]:
-        """Every selected series exactly once, at most ``batch_size`` per list.
-
-        Each call starts the stream over; one stream at a time per Resolution.
-        """
-        if self._streaming:
-            raise RuntimeError("a stream of this Resolution is open; finish or close it first")
-        self._streaming = True
-        try:
-            result = self._cursor.execute(self._query)
-            while rows := result.fetchmany(self._batch_size):
-                yield [self._record(row) for row in rows]
-        finally:
-            self._streaming = False
-
-    def _record(self, row: tuple[Any, ...]) -> SeriesRecord:
-        instances = row[9]
-        return SeriesRecord(
-            crdc_series_uuid=row[0],
-            SeriesInstanceUID=row[1],
-            collection_id=row[2],
-            aws_bucket=row[3],
-            license_short_name=row[4],
-            source_DOI=row[5],
-            instance_count=row[6],
-            series_size_bytes=row[7],
-            idc_version=row[8],
-            layout_values=dict(zip(self._layout_columns, row[10:], strict=True)),
-            instances=None if instances is None else frozenset(instances),
-        )
-
-    def close(self) -> None:
-        self._cursor.close()
-
-    def __enter__(self) -> Resolution:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Resolver:
@@ -246,7 +111,7 @@ class Resolver:
             elif as_uuid(value) is not None:
                 series.append(value)
                 self._recognised.append(("series", value, origin))
-            elif _TRANSPORTABLE.fullmatch(value):
+            elif TRANSPORTABLE.fullmatch(value):
                 rest.append(value)
             else:
                 self._unknown.add(UnknownSelection("identifier", value, origin))
@@ -294,7 +159,7 @@ class Resolver:
             uuid = as_uuid(value)
             if uuid is not None:
                 uuids.append(uuid)
-            elif _TRANSPORTABLE.fullmatch(value.strip()):
+            elif TRANSPORTABLE.fullmatch(value.strip()):
                 uids.append(value.strip())
         return uuids, uids
 
@@ -448,7 +313,7 @@ class Resolver:
         if not self._has_rows("sel_prior_uuid"):
             self._cursor.execute(
                 "CREATE OR REPLACE TEMP TABLE prior_selected AS "
-                + _EMPTY_RESULT
+                + EMPTY_RESULT
                 + "".join(f", NULL AS layout_{number}" for number in range(len(self._layout)))
                 + " LIMIT 0"
             )
@@ -578,5 +443,5 @@ class Resolver:
                 f"instances{layout} FROM prior_selected"
             )
         if not parts:
-            parts.append(_EMPTY_RESULT + "".join(", NULL" for _ in self._layout) + " LIMIT 0")
+            parts.append(EMPTY_RESULT + "".join(", NULL" for _ in self._layout) + " LIMIT 0")
         return "\nUNION ALL\n".join(parts)

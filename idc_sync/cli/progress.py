@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from idc_sync.cli.render import size
+from idc_sync.core.units import size_text as size
 from idc_sync.run.objects import ProgressSink
 
 # Seconds between progress bar updates.

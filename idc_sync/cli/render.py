@@ -11,6 +11,7 @@ from rich.table import Table
 
 from idc_sync.core.model import CollectionStatus, Problem
 from idc_sync.core.planner import REMOVED, REVISED, UNSELECTED, Leaving
+from idc_sync.core.units import size_text as size
 from idc_sync.run.jobs import StatusReport, SyncReport
 from idc_sync.run.plan import PlanOutcome, PlanReport
 from idc_sync.run.select import describe_unknown
@@ -18,15 +19,6 @@ from idc_sync.run.select import describe_unknown
 # Lines are never broken for the width of a terminal: scripts and logs read them whole.
 stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
-
-
-def size(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1000
-    return f"{count} B"
 
 
 def _held(held: Leaving | Any) -> str:

@@ -26,12 +26,7 @@ from idc_sync.core.listing import ListingBounds, parse_list_page
 from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass, classify_status
 from idc_sync.core.routing import bucket_url, object_url
-from idc_sync.core.verify import (
-    GoogHash,
-    Verdict,
-    hashers_needed,
-    parse_goog_hash,
-)
+from idc_sync.core.verify import GoogHash, Verdict, hashers_needed, parse_goog_hash
 from idc_sync.disk.lanes import Lane, answer, report
 from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob, ProgressCallback, Throttle

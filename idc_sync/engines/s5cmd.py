@@ -42,9 +42,10 @@ from idc_sync.core.errors import (
     PermanentError,
     RetryableError,
 )
+from idc_sync.core.hashing import hash_file
 from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass, classify_status
-from idc_sync.core.verify import Verdict, hash_file, hashers_needed
+from idc_sync.core.verify import Verdict, hashers_needed
 from idc_sync.disk.storage import TempFile, temp_path_for
 from idc_sync.engines.base import Engine, FetchJob, ProgressCallback
 from idc_sync.engines.settle import settle

@@ -6,7 +6,8 @@ from __future__ import annotations
 import errno
 
 from idc_sync.core.errors import IntegrityError, LocalStorageError, RetryableError
-from idc_sync.core.verify import Digests, GoogHash, Verdict, verdict
+from idc_sync.core.hashing import Digests
+from idc_sync.core.verify import GoogHash, Verdict, verdict
 from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob
 

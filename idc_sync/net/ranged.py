@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from idc_sync.core.errors import Aborted, IntegrityError, RetryableError
-from idc_sync.core.verify import StreamHasher
+from idc_sync.core.hashing import StreamHasher
 from idc_sync.disk.storage import TempFile
 from idc_sync.net.blocking import BlockingResponse, open_response
 from idc_sync.net.options import NetOptions

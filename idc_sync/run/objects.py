@@ -16,17 +16,12 @@ from pathlib import Path
 from typing import Protocol
 
 from idc_sync.core.errors import ObjectChangedError
+from idc_sync.core.hashing import hash_file
 from idc_sync.core.lifecycle import ObjectState
 from idc_sync.core.logs import about
 from idc_sync.core.model import ObjectResult, ObjectRow, SeriesRow, Source
 from idc_sync.core.retry import FailureClass, RetryExhausted, RetryPolicy
-from idc_sync.core.verify import (
-    Expected,
-    expectation_from_listing,
-    hash_file,
-    hashers_needed,
-    verdict,
-)
+from idc_sync.core.verify import Expected, expectation_from_listing, hashers_needed, verdict
 from idc_sync.disk.retire import move_file
 from idc_sync.disk.storage import local_error
 from idc_sync.engines.base import Engine, FetchJob

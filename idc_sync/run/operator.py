@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 from idc_sync.config import Settings
+from idc_sync.core.hashing import StreamHasher, hash_file
 from idc_sync.core.model import DoneObject, RetryCounts
 from idc_sync.core.verify import (
     COMMON_PART_SIZES,
     Expected,
     GoogHash,
-    StreamHasher,
     expectation_from_listing,
     guess_part_size,
-    hash_file,
     hashers_needed,
     multipart_part_size_valid,
     verdict,

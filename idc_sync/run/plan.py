@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from idc_sync.catalog.index import Catalog
-from idc_sync.catalog.resolve import Resolution
+from idc_sync.catalog.resolution import Resolution
 from idc_sync.config import Settings
 from idc_sync.core.errors import RetireRefused, SelectionError
 from idc_sync.core.layout import template_columns

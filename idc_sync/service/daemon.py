@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 from idc_sync.config import Settings
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.core.logs import LOGGER, RecentProblems
-from idc_sync.core.model import CollectionStatus
+from idc_sync.core.units import size_text
 from idc_sync.engines.base import Engine
 from idc_sync.run.binding import bind
 from idc_sync.run.jobs import license_roots
@@ -34,11 +31,11 @@ from idc_sync.run.objects import RunSummary
 from idc_sync.run.plan import PlanCancelled, PlanOutcome, Resolved, plan_into, resolve_plan
 from idc_sync.run.round import run_round
 from idc_sync.run.select import selection_of
-from idc_sync.service.filesystems import FileSystemProbe, roots_of
 from idc_sync.service.freshness import LastComplete
 from idc_sync.service.httpapi import HttpServer
-from idc_sync.service.metrics import MeteredEngine, Metrics, SelectionState
+from idc_sync.service.metrics import MeteredEngine, Metrics
 from idc_sync.service.sdnotify import Notifier
+from idc_sync.service.status import Phase, StatusReport
 from idc_sync.state.database import peek_selection
 from idc_sync.state.lock import StateLock
 from idc_sync.state.store import STATE_DB, State
@@ -53,58 +50,6 @@ EXIT_INTERRUPTED = 130
 STATUS_TTL = 2.0
 # A round stopped by a local failure (disk full) is retried after this long.
 LOCAL_RETRY_SECONDS = 300.0
-
-
-class Phase(enum.Enum):
-    STARTING = "starting"
-    PLANNING = "planning"
-    MIRRORING = "mirroring"
-    IDLE = "idle"  # everything selected is done or waits for the next replan
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class _Totals:
-    series_total: int = 0
-    series_complete: int = 0
-    series_failed: int = 0
-    files_expected: int = 0
-    files_done: int = 0
-    files_failed: int = 0
-    files_quarantined: int = 0
-    bytes_expected: int = 0
-    bytes_done: int = 0
-    collections: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, c: CollectionStatus) -> None:
-        for name in ("series_total", "series_complete", "series_failed", "files_expected",
-                     "files_done", "files_failed", "files_quarantined", "bytes_expected",
-                     "bytes_done"):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(c, name))
-        self.collections.append({**asdict(c), **_pending(c)})
-
-    def overall(self) -> dict[str, Any]:
-        values = {k: v for k, v in asdict(self).items() if k != "collections"}
-        return {**values, **_pending(self)}
-
-
-def _pending(c: CollectionStatus | _Totals) -> dict[str, int]:
-    return {
-        "files_pending": max(
-            c.files_expected - c.files_done - c.files_failed - c.files_quarantined, 0
-        ),
-        "bytes_pending": max(c.bytes_expected - c.bytes_done, 0),
-        "series_pending": max(c.series_total - c.series_complete - c.series_failed, 0),
-    }
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
-        count /= 1000
-    return f"{count} B"
 
 
 class Daemon:
@@ -145,9 +90,7 @@ class Daemon:
         self._next_plan = 0.0  # monotonic
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._recent = RecentProblems()
-        self._started = time.time()
-        self._filesystems = FileSystemProbe()
-        self._last_complete: LastComplete | None = None  # read once the state is held
+        self._reporting = StatusReport(self.metrics, self._recent)
 
     # -- control (signal handlers call these; so can tests) ---------------------------
 
@@ -193,62 +136,10 @@ class Daemon:
         return body
 
     async def _status(self) -> dict[str, Any]:
-        totals = _Totals()
-        problems: list[dict[str, Any]] = []
-        retired: dict[str, Any] = {}
-        if self._state is not None:
-            reports = self._state.reports
-            for c in await reports.collection_totals():
-                totals.add(c)
-            problems = [asdict(p) for p in await reports.recent_problems(limit=20)]
-            retired = {
-                **asdict(await reports.retired()),
-                "retired_dir": str(self.settings.retired_path),
-                "held_unselected": asdict(await reports.held_unselected()),
-            }
-        overall = totals.overall()
-        selection = SelectionState.of(overall)
-        self.metrics.set_selection(selection)
-        self.metrics.set_phase(self.phase.value, [phase.value for phase in Phase])
-        self.metrics.ready.set(1 if self.ready() else 0)
-        # only a finished plan's totals describe the selection (a replan rewrites them)
-        if self._last_complete is not None and self.phase in (Phase.MIRRORING, Phase.IDLE):
-            await asyncio.to_thread(self._last_complete.observe, selection.complete)
-        last_complete = None if self._last_complete is None else self._last_complete.timestamp
-        self.metrics.set_last_complete(last_complete)
-        spaces = await self._filesystems.spaces(roots_of(self.settings))
-        self.metrics.set_filesystems(spaces)
-        rate = self.metrics.rate.rate()
-        plan = self.last_plan
-        return {
-            "pid": os.getpid(),
-            "state_dir": str(self.settings.state_path),
-            "phase": self.phase.value,
-            "ready": self.ready(),
-            "started_at": self._started,
-            "idc_release": plan.release if plan else None,
-            "latest_release": self.metrics.latest_release,
-            "shard": self.settings.shard,
-            "last_plan": None if plan is None else {
-                "finished_at": plan.finished_at, "seconds": round(plan.seconds, 3),
-                "series": plan.tally.series, "files": plan.tally.files,
-                "bytes": plan.tally.bytes, "excluded_series": plan.tally.excluded_series,
-                "new_series": plan.new_series,
-                "unknown": [asdict(u) for u in plan.unknown[:20]],
-            },
-            "next_plan_in_seconds": max(self._next_plan - time.monotonic(), 0.0),
-            "overall": overall,
-            "collections": totals.collections,
-            "rate_bytes_per_second": rate,
-            # the cap the bandwidth schedule sets now; 0 is unlimited
-            "max_bytes_per_second": self.settings.bandwidth_schedule.cap_at(datetime.now()),
-            "eta_seconds": overall["bytes_pending"] / rate if rate > 0 else None,
-            "last_complete_at": last_complete,
-            "filesystems": [asdict(space) for space in spaces],
-            "recent_errors": list(self._recent.entries)[-20:],
-            "problems": problems,
-            "retired": retired,
-        }  # fmt: skip
+        return await self._reporting.body(
+            self.settings, self.phase, self.ready(), self._state, self.last_plan,
+            max(self._next_plan - time.monotonic(), 0.0),
+        )  # fmt: skip
 
     # -- the daemon ----------------------------------------------------------------------
 
@@ -267,7 +158,7 @@ class Daemon:
                 last_complete = await asyncio.to_thread(
                     LastComplete.in_state_dir, settings.state_path
                 )
-                self._last_complete = last_complete
+                self._reporting.last_complete = last_complete
                 self._state = await State.open(state_db)
                 try:
                     await bind(
@@ -417,7 +308,7 @@ class Daemon:
         log.info(
             "round finished: fetched %d files (%s), re-verified %d, restored %d; series "
             "complete %d, incomplete %d, failed %d%s",
-            summary.files_fetched, _size(summary.bytes_fetched), summary.files_reverified,
+            summary.files_fetched, size_text(summary.bytes_fetched), summary.files_reverified,
             summary.files_restored, summary.series_complete, summary.series_incomplete,
             summary.series_failed, f"; stopped: {summary.stopped}" if summary.stopped else "",
         )  # fmt: skip
@@ -484,7 +375,7 @@ class Daemon:
         tally = outcome.tally
         log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", outcome.release,
                  f" shard {settings.shard}" if settings.shard else "", f"{tally.series:,}",
-                 f"{tally.files:,}", _size(tally.bytes), outcome.seconds)  # fmt: skip
+                 f"{tally.files:,}", size_text(tally.bytes), outcome.seconds)  # fmt: skip
 
     def _require_state(self) -> State:
         assert self._state is not None, "the state is opened before anything uses it"
@@ -515,7 +406,7 @@ class Daemon:
         rate = body["rate_bytes_per_second"]
         return (
             f"{self.phase.value}: {o['files_done']:,}/{o['files_expected']:,} files, "
-            f"{_size(o['bytes_done'])}/{_size(o['bytes_expected'])}, {_size(rate)}/s, "
+            f"{size_text(o['bytes_done'])}/{size_text(o['bytes_expected'])}, {size_text(rate)}/s, "
             f"{o['files_failed'] + o['files_quarantined']:,} failed"
         )
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from idc_sync.core import units
+
 REFRESH_SECONDS = 10
 MAX_ERRORS = 20
 
@@ -44,14 +46,7 @@ def count_text(value: int | float | None) -> str:
 
 def size_text(count: float | None) -> str:
     """Bytes in decimal units, as the CLI and the daemon's log lines write them."""
-    if count is None:
-        return "unknown"
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1000
-    return f"{value:,.1f} TB"  # pragma: no cover - the loop always returns
+    return "unknown" if count is None else units.size_text(count)
 
 
 def duration_text(seconds: float | None) -> str:

@@ -14,7 +14,7 @@ import idc_index_data
 import pytest
 
 from idc_sync.catalog.index import Catalog
-from idc_sync.catalog.resolve import Resolution
+from idc_sync.catalog.resolution import Resolution
 from idc_sync.core.errors import ConfigurationError, SelectionError
 from idc_sync.core.manifest import parse_manifest_text
 from idc_sync.core.model import SeriesRecord, UnknownSelection

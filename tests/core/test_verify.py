@@ -15,19 +15,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from idc_sync.core.hashing import Digests, StreamHasher, crc32c_is_native, hash_file
 from idc_sync.core.verify import (
     COMMON_PART_SIZES,
     MIB,
-    Digests,
     Expected,
     GoogHash,
-    StreamHasher,
     Verdict,
     VerdictKind,
-    crc32c_is_native,
     expectation_from_listing,
     guess_part_size,
-    hash_file,
     hashers_needed,
     multipart_etag_possible,
     multipart_part_size_valid,
