@@ -3,7 +3,7 @@ big it is, and its series as a stream of SeriesRecords in batches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -50,7 +50,7 @@ class Resolution:
         self.total_instances = int(row[1])
         self.total_bytes = int(row[2])
 
-    def batches(self) -> Iterator[list[SeriesRecord]]:
+    def batches(self) -> Generator[list[SeriesRecord], None, None]:
         """Every selected series exactly once, at most ``batch_size`` per list.
 
         Each call starts the stream over; one stream at a time per Resolution.

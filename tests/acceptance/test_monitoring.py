@@ -42,7 +42,8 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
 
 
 def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -30,7 +30,7 @@ from idc_sync.run.jobs import SyncReport, sync
 from tests.support import dataset
 from tests.support.disks import tmpfs
 from tests.support.mirror import assert_mirrored, expected_path, settings_for, state_rows
-from tests.support.s3server import FAULT_KINDS, S3TestServer
+from tests.support.s3server import FAULT_KINDS, FaultKind, RequestKind, S3TestServer
 
 Row = Mapping[str, Any]
 
@@ -60,8 +60,8 @@ def no_temp_files(root: Path) -> list[Path]:
 
 
 def print_fault_counts(title: str, server: S3TestServer) -> dict[str, int]:
-    counts = {kind: server.faults.fired(kind) for kind in FAULT_KINDS}
-    counts = {kind: n for kind, n in counts.items() if n}
+    fired = {str(kind): server.faults.fired(kind) for kind in FAULT_KINDS}
+    counts = {kind: n for kind, n in fired.items() if n}
     print(f"\n{title}: faults injected {json.dumps(counts)} (total {sum(counts.values())})")
     return counts
 
@@ -69,7 +69,7 @@ def print_fault_counts(title: str, server: S3TestServer) -> dict[str, int]:
 # -- 1. every fault class at 5% -----------------------------------------------------------
 
 # Faults on an object's GET/HEAD, healed by retrying the object within the run.
-OBJECT_FAULTS = (
+OBJECT_FAULTS: tuple[FaultKind, ...] = (
     "latency",
     "status_500",
     "slow_down",
@@ -88,7 +88,7 @@ OBJECT_FAULTS = (
 # an omitted key) is reported incomplete with the reason and listed again by the next run.
 # A multipart-shaped ETag in the listing is left out here: see
 # test_an_unreproducible_multipart_etag_in_a_listing_does_not_let_bad_bytes_in.
-LISTING_FAULTS = ("listing_etag", "wrong_etag", "list_omit", "list_extra")
+LISTING_FAULTS: tuple[FaultKind, ...] = ("listing_etag", "wrong_etag", "list_omit", "list_extra")
 
 
 @pytest.fixture
@@ -108,9 +108,12 @@ def add_every_fault(
     server: S3TestServer, rows: Sequence[Row], rate: float = 0.05, *, listings: bool = True
 ) -> None:
     for kind in OBJECT_FAULTS:
-        on = ["GET", "HEAD"] if kind not in ("reset", "truncate", "flip") else ["GET"]
+        on: list[RequestKind] = (
+            ["GET", "HEAD"] if kind not in ("reset", "truncate", "flip") else ["GET"]
+        )
         server.faults.add(kind, rate=rate, on=on, seconds=0.05)
-    for kind in ("status_500", "slow_down", "throttle_429", "reset", "truncate"):
+    listed: tuple[FaultKind, ...] = ("status_500", "slow_down", "throttle_429", "reset", "truncate")
+    for kind in listed:
         server.faults.add(kind, rate=rate, on=["LIST"])
     if listings:
         for kind in LISTING_FAULTS:

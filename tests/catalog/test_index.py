@@ -392,8 +392,10 @@ def test_every_unknown_entry_is_reported_with_its_origin(
 def test_sql_selection_resolves_its_series_instance_uids(catalog: Catalog) -> None:
     resolution = catalog.resolve(
         Selection(
-            sql="SELECT SeriesInstanceUID FROM index\n"
-            "WHERE collection_id = 'qin_pet_phantom' AND PatientID LIKE '%UW%' -- UW only\n;"
+            sql=(
+                "SELECT SeriesInstanceUID FROM index\n"
+                "WHERE collection_id = 'qin_pet_phantom' AND PatientID LIKE '%UW%' -- UW only\n;",
+            )
         )
     )
     records = by_uuid(all_records(resolution))
@@ -411,7 +413,7 @@ def test_sql_and_collection_together_give_each_series_once(catalog: Catalog) -> 
     resolution = catalog.resolve(
         Selection(
             collections=("qin_pet_phantom",),
-            sql="SELECT crdc_series_uuid FROM index WHERE collection_id = 'qin_pet_phantom'",
+            sql=("SELECT crdc_series_uuid FROM index WHERE collection_id = 'qin_pet_phantom'",),
         )
     )
     assert resolution.series_count == 44
@@ -424,7 +426,7 @@ def test_sql_over_prior_versions_and_literal_values_reports_unknowns(catalog: Ca
         WHERE crdc_series_uuid = '{PRIOR_TWO_UUID}'
         UNION ALL SELECT * FROM (VALUES ('{UNKNOWN_UUID}'), (NULL)) AS extra(crdc_series_uuid)
     """
-    resolution = catalog.resolve(Selection(sql=sql))
+    resolution = catalog.resolve(Selection(sql=(sql,)))
     records = by_uuid(all_records(resolution))
     assert set(records) == {PRIOR_TWO_UUID}
     assert records[PRIOR_TWO_UUID].aws_bucket == "idc-open-data-two"
@@ -439,7 +441,7 @@ def test_unknown_ids_in_the_sql_answer_do_not_hide_named_series(catalog: Catalog
     resolution = catalog.resolve(
         Selection(
             series=(PHANTOM_UUID,),
-            sql="SELECT '1.2.3.4.5.not.in.idc' AS SeriesInstanceUID",
+            sql=("SELECT '1.2.3.4.5.not.in.idc' AS SeriesInstanceUID",),
         )
     )
     assert [record.crdc_series_uuid for record in all_records(resolution)] == [PHANTOM_UUID]
@@ -450,14 +452,14 @@ def test_unknown_ids_in_the_sql_answer_do_not_hide_named_series(catalog: Catalog
 
 def test_failing_sql_is_a_selection_error_with_the_duckdb_message(catalog: Catalog) -> None:
     with pytest.raises(SelectionError, match="no_such_column"):
-        catalog.resolve(Selection(sql="SELECT no_such_column FROM index"))
+        catalog.resolve(Selection(sql=("SELECT no_such_column FROM index",)))
     with pytest.raises(SelectionError, match=r"does not parse: .*syntax error"):
-        catalog.resolve(Selection(sql="SELEC SeriesInstanceUID FROM index"))
+        catalog.resolve(Selection(sql=("SELEC SeriesInstanceUID FROM index",)))
 
 
 def test_sql_without_an_id_column_is_a_selection_error(catalog: Catalog) -> None:
     with pytest.raises(SelectionError, match="SeriesInstanceUID or crdc_series_uuid") as caught:
-        catalog.resolve(Selection(sql="SELECT PatientID, Modality FROM index LIMIT 1"))
+        catalog.resolve(Selection(sql=("SELECT PatientID, Modality FROM index LIMIT 1",)))
     assert "PatientID, Modality" in str(caught.value)
 
 
@@ -472,18 +474,18 @@ def test_sql_without_an_id_column_is_a_selection_error(catalog: Catalog) -> None
 )
 def test_sql_must_be_one_select_statement(catalog: Catalog, sql: str) -> None:
     with pytest.raises(SelectionError, match="selection SQL must be"):
-        catalog.resolve(Selection(sql=sql))
+        catalog.resolve(Selection(sql=(sql,)))
 
 
 def test_sql_cannot_close_its_subquery_and_run_more(catalog: Catalog) -> None:
     escape = "SELECT 1 AS SeriesInstanceUID) AS x; DROP VIEW prior_versions_index; SELECT (1"
     with pytest.raises(SelectionError):
-        catalog.resolve(Selection(sql=escape))
+        catalog.resolve(Selection(sql=(escape,)))
     still_there = (
         "SELECT crdc_series_uuid FROM prior_versions_index "
         f"WHERE crdc_series_uuid = '{PRIOR_TWO_UUID}'"
     )
-    assert catalog.resolve(Selection(sql=still_there)).series_count == 1
+    assert catalog.resolve(Selection(sql=(still_there,))).series_count == 1
 
 
 # --- selection values travel through a private file -----------------------------------
@@ -523,7 +525,7 @@ def test_resolving_does_not_import_pandas() -> None:
 def test_selection_is_empty_only_without_any_part() -> None:
     assert Selection().is_empty()
     assert not Selection(collections=("nlst",)).is_empty()
-    assert not Selection(sql="SELECT 1").is_empty()
+    assert not Selection(sql=("SELECT 1",)).is_empty()
 
 
 def test_empty_selection_resolves_to_nothing(catalog: Catalog) -> None:

@@ -217,3 +217,51 @@ def test_a_flat_template_puts_every_series_in_the_root(
     placed = place(qin[0], layout(columns, NO_NC, ""))
     assert isinstance(placed, SeriesPlacement)
     assert placed.rel_dir == "."
+
+
+# -- series that leave, and the guard on mass retirement --------------------------------
+
+
+def test_why_a_series_leaves_follows_what_the_release_still_has() -> None:
+    from idc_sync.core.planner import REMOVED, REVISED, UNSELECTED, leaving_reason
+
+    assert leaving_reason(uuid_in_release=True, uid_in_release=True) == UNSELECTED
+    assert leaving_reason(uuid_in_release=False, uid_in_release=True) == REVISED
+    assert leaving_reason(uuid_in_release=False, uid_in_release=False) == REMOVED
+
+
+def test_idc_retires_by_itself_and_a_selection_only_when_pruning() -> None:
+    from idc_sync.core.planner import Leaving, retiring
+
+    leaving = {"removed": Leaving(1, 3, 30), "unselected": Leaving(2, 20, 200)}
+    assert retiring(leaving, prune=False) == {"removed": Leaving(1, 3, 30)}
+    assert retiring(leaving, prune=True) == leaving
+
+
+@pytest.mark.parametrize(
+    ("policy", "prune", "leaving", "refused"),
+    [
+        # 30 of 100 files left the selection: over 25%, refused when pruning
+        ("move", True, {"unselected": (3, 30)}, True),
+        ("move", False, {"unselected": (3, 30)}, False),  # nothing retires without --prune
+        ("move", True, {"unselected": (2, 25)}, False),  # exactly the limit is allowed
+        # IDC's own removals and revisions lose nothing under "move" and "keep"
+        ("move", True, {"removed": (5, 60), "revised": (1, 10)}, False),
+        ("keep", False, {"removed": (5, 60)}, False),
+        # but with "delete", every reason counts
+        ("delete", False, {"removed": (5, 60)}, True),
+        ("delete", True, {"revised": (1, 10), "unselected": (1, 10)}, False),
+    ],
+)
+def test_the_guard_holds_back_mass_retirement(
+    policy: str, prune: bool, leaving: dict[str, tuple[int, int]], refused: bool
+) -> None:
+    from idc_sync.core.planner import Leaving, retire_guard
+
+    held = {reason: Leaving(series, files, files * 1000) for reason, (series, files) in
+            leaving.items()}  # fmt: skip
+    message = retire_guard(held, 100, prune=prune, policy=policy, max_fraction=0.25)
+    assert (message is not None) == refused
+    if message is not None:
+        assert "of the mirror's 100 verified files" in message
+        assert "--allow-retire" in message

@@ -203,7 +203,7 @@ def test_crc32c_accepts_bytearray_and_memoryview_chunks() -> None:
 
 def test_chunk_with_wide_items_is_hashed_as_its_bytes() -> None:
     words = array.array("I", range(1000))
-    digests = hash_all(StreamHasher(crc32c=True, part_size=100), memoryview(words))
+    digests = hash_all(StreamHasher(crc32c=True, part_size=100), memoryview(words))  # type: ignore[arg-type]
     raw = words.tobytes()
     assert digests.size == len(raw)
     assert digests.md5_hex == hashlib.md5(raw).hexdigest()

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tests.support import dataset
 from tests.support.mirror import assert_mirrored, expected_path, state_rows
 from tests.support.s3server import S3TestServer
 
-Row = Mapping[str, Any]
+Row = dict[str, Any]
 
 
 @pytest.fixture(autouse=True)

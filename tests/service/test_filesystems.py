@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from idc_sync.service import filesystems
 from idc_sync.service.filesystems import FileSystemProbe, measure, roots_of
 from tests.support.mirror import settings_for
 
@@ -74,7 +73,7 @@ def test_a_hung_statvfs_answers_with_the_last_values_and_starts_no_second_thread
             release.wait(30)
         return real_statvfs(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(filesystems.os, "statvfs", statvfs)
+    monkeypatch.setattr(os, "statvfs", statvfs)
     roots = [("mirror", tmp_path)]
 
     async def main() -> None:

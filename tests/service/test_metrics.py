@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -154,12 +155,12 @@ def test_last_complete_survives_a_restart_and_stands_still_while_the_mirror_is_i
     s3_server.faults.add("status_500", keys=[refused], on=["GET"])
     grown = daemon_settings(tmp_path, s3_server.endpoint, first + second, max_attempts=1)
     with Running(make_daemon(grown)) as running:
-        found: dict[str, object] = {}
+        found: dict[str, Any] = {}
 
         def given_up() -> bool:
             nonlocal found
             found = running.status()
-            return found["phase"] == "idle" and found["overall"]["files_failed"] == 1
+            return bool(found["phase"] == "idle" and found["overall"]["files_failed"] == 1)
 
         wait_for(given_up, 60, lambda: str(found))
         metrics = samples(running.get("/metrics")[1].decode())

@@ -171,9 +171,8 @@ def test_in_a_browser_the_page_shows_the_numbers_of_status(
             nonlocal seen
             seen = running.status()
             o = seen["overall"]
-            return seen["phase"] == "idle" and o["files_done"] + o["files_quarantined"] == len(
-                uploaded
-            )
+            finished = o["files_done"] + o["files_quarantined"] == len(uploaded)
+            return bool(seen["phase"] == "idle" and finished)
 
         wait_for(settled, 60, lambda: str(seen)[:2000])
         running.call(daemon.metrics.set_latest_release, seen["idc_release"] + 1)

@@ -24,7 +24,9 @@ from tests.support.mirror import Row, settings_for
 IDC_SYNC = Path(sys.executable).parent / "idc-sync"
 
 
-def daemon_settings(tmp_path: Path, endpoint: str, rows: Sequence[Row], **overrides: Any):
+def daemon_settings(
+    tmp_path: Path, endpoint: str, rows: Sequence[Row], **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {"http": {"listen": "127.0.0.1:0"}, "drain_seconds": 10.0}
     values.update(overrides)
     return settings_for(tmp_path, endpoint, rows, **values)
@@ -101,7 +103,8 @@ class Running:
     def status(self) -> dict[str, Any]:
         code, body = self.get("/status")
         assert code == 200, body
-        return json.loads(body)
+        status: dict[str, Any] = json.loads(body)
+        return status
 
     def wait_mirrored(self, files: int, timeout: float = 60) -> dict[str, Any]:
         """Until /status says ``files`` are done and the daemon idles."""
@@ -111,7 +114,7 @@ class Running:
             nonlocal seen
             assert self.alive, self.error
             seen = self.status()
-            return seen["phase"] == "idle" and seen["overall"]["files_done"] == files
+            return bool(seen["phase"] == "idle" and seen["overall"]["files_done"] == files)
 
         wait_for(done, timeout, lambda: f"last status: {json.dumps(seen)[:2000]}")
         return seen

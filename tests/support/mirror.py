@@ -14,7 +14,7 @@ from idc_sync.run.binding import MARKER
 from idc_sync.run.jobs import SyncReport, sync
 from idc_sync.state.store import STATE_DB
 
-Row = Mapping[str, Any]
+Row = dict[str, Any]
 
 
 def settings_for(tmp_path: Path, endpoint: str, rows: Sequence[Row], **overrides: Any) -> Settings:
@@ -48,7 +48,9 @@ def expected_path(root: Path, row: Row, key: str) -> Path:
     )
 
 
-def assert_mirrored(root: Path, rows: Sequence[Row], uploaded: Mapping[tuple[str, str], bytes]):
+def assert_mirrored(
+    root: Path, rows: Sequence[Row], uploaded: Mapping[tuple[str, str], bytes]
+) -> None:
     by_series = {str(row["crdc_series_uuid"]): row for row in rows}
     for (_bucket, key), data in uploaded.items():
         row = by_series[key.split("/")[0]]

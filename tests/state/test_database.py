@@ -1,0 +1,175 @@
+"""The state database itself, on real SQLite files: migrations bring any older state to the
+current schema version one numbered step at a time, the life-cycle guards abort every state
+change core/lifecycle.py does not list, and SQLite's own failures become our errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from idc_sync.core.errors import IllegalMove, LocalStorageError, StateError
+from idc_sync.core.lifecycle import OBJECT_TRANSITIONS, SERIES_TRANSITIONS, ObjectState, SeriesState
+from idc_sync.state.database import MIGRATIONS, SCHEMA_VERSION, Database, peek_selection, queries
+from idc_sync.state.guards import guard_statements
+
+
+def _sql(db: Path, statement: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return connection.execute(statement).fetchall()
+
+
+def _open(db: Path) -> Database:
+    return asyncio.run(Database.open(db))
+
+
+def test_every_migration_file_is_numbered_in_order_and_the_version_counts_them() -> None:
+    assert [name.split("_", 1)[0] for name in MIGRATIONS] == [
+        f"{number:03d}" for number in range(1, len(MIGRATIONS) + 1)
+    ]
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+    # every named query parses against the current schema
+    with contextlib.closing(sqlite3.connect(":memory:")) as connection:
+        from idc_sync.state.database import _sql as read_sql
+
+        for name in MIGRATIONS:
+            connection.executescript(read_sql(name))
+        connection.execute(queries()["create_listing"])
+        anything: defaultdict[str, object] = defaultdict(lambda: None)
+        for name, statement in queries().items():
+            if name != "create_listing":
+                connection.execute(f"EXPLAIN {statement}", anything)
+
+
+def test_a_version_1_state_is_migrated_step_by_step_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "state.sqlite"
+    from idc_sync.state.database import _sql as read_sql
+
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.executescript(read_sql("001_queue.sql"))
+        connection.execute(
+            "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, collection_id, aws_bucket,"
+            " idc_version, root, rel_dir, state, updated_at) VALUES"
+            " ('u', 'i', 'c', 'idc-open-data', 24, '/srv', 'c/i', 'complete', 0)"
+        )
+        connection.execute("PRAGMA user_version = 1")
+        connection.commit()
+    asyncio.run(_open(db).close())
+    assert _sql(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert _sql(db, "SELECT crdc_series_uuid, state, leaving FROM series") == [
+        ("u", "complete", None)
+    ]
+    assert _sql(db, "SELECT series_total, series_complete FROM collection_totals") == [(1, 1)]
+    assert peek_selection(db) == []
+
+
+async def _write(db: Database, statement: str) -> None:
+    """A write no named query makes, through the database's error mapping."""
+    async with db.transaction():
+        await db._guarded(db._writer.execute(statement))
+
+
+@pytest.mark.parametrize(
+    ("table", "old", "new"),
+    [
+        ("object", ObjectState.DONE, ObjectState.REFUSED),
+        ("object", ObjectState.PENDING, ObjectState.PENDING),
+        ("object", ObjectState.QUARANTINED, ObjectState.DONE),
+        ("series", SeriesState.QUEUED, SeriesState.COMPLETE),
+        ("series", SeriesState.RETIRING, SeriesState.LEASED),
+        ("series", SeriesState.COMPLETE, SeriesState.COMPLETE),
+    ],
+)
+def test_a_move_the_table_forbids_fails_loudly_and_changes_nothing(
+    tmp_path: Path, table: str, old: str, new: str
+) -> None:
+    transitions = OBJECT_TRANSITIONS if table == "object" else SERIES_TRANSITIONS
+    assert new not in transitions[old]  # type: ignore[index]
+    db_path = tmp_path / "state.sqlite"
+
+    async def scenario() -> None:
+        db = await Database.open(db_path)
+        try:
+            await _write(
+                db,
+                "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, "
+                "collection_id, aws_bucket, idc_version, root, rel_dir, state, "
+                "updated_at) VALUES ('s', 'i', 'c', 'b', 25, '/r', 'd', 'queued', 0)",
+            )
+            await _write(
+                db,
+                "INSERT INTO object (key, crdc_series_uuid, size, etag, path, "
+                "state) VALUES ('s/k.dcm', 's', 1, 'e', '/r/d/k.dcm', 'pending')",
+            )
+            # put the row in ``old`` without the guards (as a state from elsewhere might be)
+            await db._writer.execute("DROP TRIGGER temp.guard_object_move")
+            await db._writer.execute("DROP TRIGGER temp.guard_series_move")
+            await _write(db, f"UPDATE {table} SET state = '{old}'")
+            for statement in guard_statements():
+                await db._writer.execute(statement)
+            with pytest.raises(IllegalMove, match=f"illegal state change of {table}"):
+                await _write(db, f"UPDATE {table} SET state = '{new}'")
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+    assert _sql(db_path, f"SELECT state FROM {table}") == [(str(old),)]
+
+
+def test_a_row_may_only_start_in_an_initial_state(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open(tmp_path / "state.sqlite")
+        try:
+            with pytest.raises(IllegalMove, match="illegal initial state of series"):
+                await _write(
+                    db,
+                    "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, "
+                    "collection_id, aws_bucket, idc_version, root, rel_dir, state,"
+                    " updated_at) VALUES ('s', 'i', 'c', 'b', 25, '/r', 'd', "
+                    "'complete', 0)",
+                )
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_failures_become_our_errors_naming_the_database(tmp_path: Path) -> None:
+    from idc_sync.state.database import storage_error
+
+    path = tmp_path / "state.sqlite"
+    full = storage_error(sqlite3.OperationalError("database or disk is full"), path)
+    assert isinstance(full, LocalStorageError)
+    assert str(full) == f"no space left on device writing the state database {path}"
+    readonly = storage_error(sqlite3.OperationalError("attempt to write a readonly database"), path)
+    assert isinstance(readonly, LocalStorageError)
+    assert str(path) in str(readonly)
+    garbage = storage_error(sqlite3.DatabaseError("file is not a database"), path)
+    assert isinstance(garbage, StateError)
+
+
+async def _fail_inside(db: Database) -> None:
+    async with db.transaction():
+        await db.execute("begin_plan")
+        raise ZeroDivisionError
+
+
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """After a COMMIT fails (a full disk), the next transaction must start: it once failed
+    with "cannot start a transaction within a transaction"."""
+
+    async def scenario() -> None:
+        db = await Database.open(tmp_path / "state.sqlite")
+        try:
+            with pytest.raises(ZeroDivisionError):
+                await _fail_inside(db)
+            async with db.transaction():
+                await db.execute("begin_plan")
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
