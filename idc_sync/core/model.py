@@ -75,10 +75,17 @@ class UnknownSelection:
                 f"{what} {self.value!r} ({self.origin}) was removed from IDC after release "
                 f"v{self.removed_after}"
             )
+        elif self.kind == "identifier":
+            text = (
+                f"{self.value!r} ({self.origin}) is no collection_id, PatientID, "
+                "StudyInstanceUID, SeriesInstanceUID or crdc_series_uuid of IDC"
+            )
         else:
             text = f"unknown {what} {self.value!r} ({self.origin})"
         if self.suggestions:
-            text += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+            quoted = [repr(s) for s in self.suggestions]
+            last = quoted.pop()
+            text += f"; did you mean {', '.join(quoted) + ' or ' if quoted else ''}{last}?"
         return text
 
 
@@ -89,8 +96,7 @@ UNKNOWN_KIND_NAMES: Mapping[str, str] = {
     "crdc_instance_uuid": "crdc_instance_uuid",
     "patient": "PatientID",
     "study": "StudyInstanceUID",
-    "identifier": "identifier (not a collection_id, PatientID, StudyInstanceUID, "
-    "SeriesInstanceUID or crdc_series_uuid)",
+    "identifier": "identifier",
 }
 
 
