@@ -88,6 +88,7 @@ def daemon(tmp_path: Path, s3_server: S3TestServer) -> Iterator[dict[str, Any]]:
     config = tmp_path / "config.toml"
     config.write_text(
         f'destination = "{tmp_path / "mirror"}"\ncollections = ["{wheels.COLLECTION}"]\n'
+        "release_check_interval = 0\n"  # only what is installed counts here
         f'[endpoints]\naws = "{s3_server.endpoint}"\n[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     env = {k: v for k, v in os.environ.items()
