@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     # "K/N": mirror only the series whose crdc_series_uuid hashes to K of N (see shard.py)
     shard: str | None = None
 
+    # Following IDC releases (run/follow.py): the package index to look at for a newer
+    # idc-index-data (Simple repository API), how often `serve` looks (seconds; 0 = never;
+    # it also looks at start and on SIGHUP), whether to fetch that release into the state
+    # directory and mirror it, and the most its wheel may take, downloaded or unpacked.
+    index_url: str = "https://pypi.org/simple/"
+    release_check_interval: float = Field(default=86400.0, ge=0)
+    follow_releases: bool = False
+    max_release_wheel_bytes: int = Field(default=1_000_000_000, gt=0)
+
     # Bandwidth cap over all transfers, bytes per second (0 = unlimited); [[bandwidth]]
     # windows of local time override it (see schedule.py).
     max_bytes_per_second: int = Field(default=0, ge=0)
@@ -189,6 +198,13 @@ class Settings(BaseSettings):
                 parse_proxy(value, "proxy")
             except ConfigurationError as error:
                 raise ValueError(str(error).removeprefix("proxy: ")) from None
+        return value
+
+    @field_validator("index_url")
+    @classmethod
+    def _index_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"index_url must be an http:// or https:// URL, got {value!r}")
         return value
 
     @field_validator("bandwidth")

@@ -57,3 +57,10 @@ def _no_proxy_of_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_package_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to 127.0.0.1 only: a daemon asks no package index (PyPI by default) for
+    new IDC releases unless the test sets release_check_interval and an index of its own."""
+    monkeypatch.setenv("IDC_SYNC_RELEASE_CHECK_INTERVAL", "0")

@@ -1,21 +1,24 @@
-"""The installed IDC release as DuckDB views over idc-index-data's parquet files: tables
-``index`` and ``prior_versions_index`` (and the other tables the package bundles), the IDC
-release they describe, and the collection ids they know."""
+"""An IDC release as DuckDB views over idc-index-data's parquet files: tables ``index`` and
+``prior_versions_index`` (and the other tables its catalog bundles), the IDC release they
+describe, and the collection ids they know. Which files those are, catalog/sources.py says:
+the installed idc-index-data as it is on disk now, a followed release's catalog directory,
+or index files given by hand."""
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import duckdb
-import idc_index_data
 
+from idc_sync.catalog import sources
+from idc_sync.catalog.package_index import release_of
 from idc_sync.catalog.resolution import Resolution
 from idc_sync.catalog.resolve import Resolver
+from idc_sync.catalog.sources import CatalogSource
 from idc_sync.catalog.sql import load_table, sql_identifier, sql_literal
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.core.selection import Selection, normalize_collection_id
@@ -38,31 +41,23 @@ _PRIOR_REQUIRED = (
     "min_idc_version",
     "max_idc_version",
 )
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _installed_path(path: Path | str | None) -> Path | None:
-    return None if path is None else Path(path)
-
-
-def _package_release() -> int:
-    version = str(idc_index_data.__version__)
-    major = version.split(".", 1)[0]
-    if not major.isdigit():
-        raise ConfigurationError(f"cannot read an IDC release from idc-index-data {version!r}")
-    return int(major)
 
 
 class Catalog:
-    """The installed IDC release, queryable as tables ``index`` and ``prior_versions_index``.
+    """An IDC release, queryable as tables ``index`` and ``prior_versions_index``.
 
-    ``release``: for the installed idc-index-data, the major number of its version (the package
-    numbers itself ``<IDC release>.<data fix>.<code fix>``, e.g. 25.0.5), which must equal the
-    last ``idc_version`` of its ``version_metadata_index`` table when the package ships one;
-    a mismatch means a broken installation and raises ConfigurationError. For other index
-    files: the last ``idc_version`` of a ``version_metadata_index.parquet`` next to the index,
-    else the highest ``series_revised_idc_version`` (a lower bound). In every case the release
-    must not be older than a revision the index itself records.
+    ``source``: the catalog to open; by default the installed idc-index-data, read afresh.
+    ``index_path`` / ``prior_versions_path`` open index files given by hand instead (a
+    missing one is taken from the installed package).
+
+    ``release``: for a catalog of idc-index-data (installed or followed), the major number
+    of its version (the package numbers itself ``<IDC release>.<data fix>.<code fix>``, e.g.
+    25.0.5), which must equal the last ``idc_version`` of its ``version_metadata_index``
+    table when it ships one: a mismatch means a broken installation (or a half-finished
+    upgrade) and raises ConfigurationError. For index files given by hand: the last
+    ``idc_version`` of a ``version_metadata_index.parquet`` next to the index, else the
+    highest ``series_revised_idc_version`` (a lower bound). In every case the release must
+    not be older than a revision the index itself records.
 
     One DuckDB in-memory database; each resolution gets its own cursor (DuckDB connection), so
     a Resolution can stream its batches while another selection is resolved.
@@ -73,33 +68,42 @@ class Catalog:
     prior_columns: tuple[str, ...]
 
     def __init__(
-        self, index_path: Path | None = None, prior_versions_path: Path | None = None
+        self,
+        index_path: Path | None = None,
+        prior_versions_path: Path | None = None,
+        *,
+        source: CatalogSource | None = None,
     ) -> None:
-        installed_index = _installed_path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
-        paths: list[Path] = []
-        for given, default in (
-            (index_path, installed_index),
-            (prior_versions_path, idc_index_data.PRIOR_VERSIONS_INDEX_PARQUET_FILEPATH),
-        ):
-            path = given if given is not None else _installed_path(default)
+        if source is None:
+            if index_path is None and prior_versions_path is None:
+                source = sources.installed()
+            else:
+                fallback = (
+                    sources.installed().tables if None in (index_path, prior_versions_path) else {}
+                )
+                source = sources.index_files(
+                    index_path or fallback["index"],
+                    prior_versions_path or fallback["prior_versions_index"],
+                )
+        self.source = source
+        for table in ("index", "prior_versions_index"):
+            path = source.tables.get(table)
             if path is None:
-                raise ConfigurationError("idc-index-data ships no index parquet file: reinstall it")
+                raise ConfigurationError(f"{source.describe()} has no {table} table")
             if not path.is_file():
                 raise ConfigurationError(f"IDC index file {path} does not exist")
-            paths.append(path)
-        self._index_path, self._prior_path = paths
+        self._index_path = source.tables["index"]
         self._conn = duckdb.connect(":memory:")
         self._resolutions: list[Resolution] = []
         try:
             # Rows stream out in any order; keeping insertion order would buffer them.
             self._conn.execute("SET preserve_insertion_order = false")
-            installed = self._same_file(installed_index)
-            self._create_views(installed=installed)
+            self._create_views()
             self.index_columns = self._columns("index")
             self.prior_columns = self._columns("prior_versions_index")
             self._require_columns("index", self.index_columns, _INDEX_REQUIRED)
             self._require_columns("prior_versions_index", self.prior_columns, _PRIOR_REQUIRED)
-            self.release = self._derive_release(installed=installed)
+            self.release = self._derive_release()
         except duckdb.Error as exc:
             self._conn.close()
             raise ConfigurationError(f"cannot read the IDC index files: {exc}") from exc
@@ -108,38 +112,19 @@ class Catalog:
             raise
         self._collection_ids: dict[str, str] | None = None
 
-    def _same_file(self, installed_index: Path | None) -> bool:
-        return (
-            installed_index is not None
-            and installed_index.is_file()
-            and self._index_path.samefile(installed_index)
-        )
+    @property
+    def version(self) -> str | None:
+        """The idc-index-data version of the catalog (None for index files given by hand)."""
+        return self.source.version
 
-    def _create_views(self, *, installed: bool) -> None:
-        tables = {"index": self._index_path, "prior_versions_index": self._prior_path}
-        if installed:
-            # idc-index users query the other tables the package bundles (collections_index,
-            # analysis_results_index, ...) by name in the same SQL.
-            bundled: dict[str, Any] = getattr(idc_index_data, "INDEX_METADATA", {})
-            for name, metadata in bundled.items():
-                path = metadata.get("parquet_filepath") if isinstance(metadata, dict) else None
-                if (
-                    name not in ("idc_index", *tables)
-                    and path is not None
-                    and _IDENTIFIER.fullmatch(name)
-                    and Path(path).is_file()
-                ):
-                    tables[name] = Path(path)
-        else:
-            metadata_path = self._index_path.with_name("version_metadata_index.parquet")
-            if metadata_path.is_file():
-                tables["version_metadata_index"] = metadata_path
-        for name, path in tables.items():
+    def _create_views(self) -> None:
+        # idc-index users query the other tables the package bundles (collections_index,
+        # analysis_results_index, ...) by name in the same SQL.
+        for name, path in self.source.tables.items():
             self._conn.execute(
                 f"CREATE VIEW {sql_identifier(name)} AS "
                 f"SELECT * FROM read_parquet({sql_literal(str(path))})"
             )
-        self._tables = tables
 
     def _columns(self, table: str) -> tuple[str, ...]:
         cursor = self._conn.execute(f"SELECT * FROM {sql_identifier(table)} LIMIT 0")
@@ -155,21 +140,28 @@ class Catalog:
         row = self._conn.execute(sql).fetchone()
         return None if row is None else row[0]
 
-    def _derive_release(self, *, installed: bool) -> int:
+    def _derive_release(self) -> int:
         revised = (
             self._scalar('SELECT max(series_revised_idc_version) FROM "index"')
             if ("series_revised_idc_version" in self.index_columns)
             else None
         )
         metadata: int | None = None
-        if "version_metadata_index" in self._tables:
+        if "version_metadata_index" in self.source.tables:
             metadata = self._scalar("SELECT max(idc_version) FROM version_metadata_index")
-        if installed:
-            release = _package_release()
-            if metadata is not None and metadata != release:
+        version = self.source.version
+        if version is not None:
+            release = release_of(version)
+            if release is None:
                 raise ConfigurationError(
-                    f"idc-index-data {idc_index_data.__version__} says IDC release {release} but "
-                    f"its version_metadata_index ends at release {metadata}: reinstall it"
+                    f"cannot read an IDC release from idc-index-data {version!r}"
+                )
+            if metadata is not None and metadata != release:
+                fix = "reinstall it" if self.source.origin == sources.INSTALLED else (
+                    f"remove {self.source.location}")  # fmt: skip
+                raise ConfigurationError(
+                    f"idc-index-data {version} says IDC release {release} but its "
+                    f"version_metadata_index ends at release {metadata}: {fix}"
                 )
         elif metadata is not None:
             release = int(metadata)

@@ -183,6 +183,9 @@ def main() -> None:
 @click.option("--adopt-destination", is_flag=True,
               help="The mirror moved to --destination: verify its files there, fetch nothing "
                    "that matches.")  # fmt: skip
+@click.option("--follow-releases/--no-follow-releases", default=None,
+              help="First fetch a newer IDC release from index_url, if there is one, and "
+                   "mirror it (follow_releases).")  # fmt: skip
 def sync_command(
     selection: tuple[str, ...],
     progress: bool | None,

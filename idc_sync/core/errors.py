@@ -9,6 +9,9 @@ IdcSyncError
 +-- StateError                the SQLite state is unreadable, locked or from a newer schema
 +-- UnsafePathError           a template value or object key that would escape the mirror root
 +-- RetryExhausted            (core/retry.py) no attempts left for one object or listing
++-- ReleaseCheckError         a look for a newer IDC release failed (the index unreachable or
+|                             hostile, a wrong hash, an unusable wheel): the mirror stays on
+|                             its release
 +-- TransferError             one object (or listing) could not be fetched
     +-- RetryableError        5xx, SlowDown, 429, resets, timeouts, truncated bodies
     |   +-- ObjectChangedError  412 to If-Match: the object is not the one the listing named
@@ -72,6 +75,23 @@ class DestinationError(ConfigurationError):
 
 class StateError(IdcSyncError):
     """The state directory or its SQLite database cannot be used."""
+
+
+# The steps a check for a newer IDC release fails at (the metric's reason label): the
+# package index page, the wheel's transfer, its SHA-256, its size, its contents.
+RELEASE_CHECK_REASONS = ("index", "download", "hash", "size", "wheel")
+
+
+class ReleaseCheckError(IdcSyncError):
+    """Looking for, fetching or unpacking a newer idc-index-data failed; ``reason`` is one
+    of RELEASE_CHECK_REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[ReleaseCheckError], tuple[str, str]]:
+        return (type(self), (self.reason, str(self)))
 
 
 class UnsafePathError(IdcSyncError):

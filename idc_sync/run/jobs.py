@@ -12,6 +12,7 @@ from pathlib import Path
 from idc_sync.config import Settings
 from idc_sync.core.model import CollectionStatus, Problem
 from idc_sync.run.binding import bind
+from idc_sync.run.follow import follow_once
 from idc_sync.run.objects import NoProgress, ProgressSink
 from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_into, resolve_plan
 from idc_sync.run.round import RoundOutcome, run_round
@@ -66,7 +67,8 @@ async def sync(
     adopt: bool = False,
 ) -> SyncReport:
     """Plan the selection into the state, then fetch and verify until nothing is left, then
-    retire what leaves the mirror. A bad selection is refused before anything is touched."""
+    retire what leaves the mirror. A bad selection is refused before anything is touched.
+    With ``follow_releases``, a newer IDC release is fetched first and planned."""
     given = selection_of(settings, arguments)
     state_db = settings.state_path / STATE_DB
     # Resolve before the lock is taken or anything is written: a typo changes nothing.
@@ -78,8 +80,14 @@ async def sync(
                 await bind(
                     state, settings.mirror_root, other_roots=license_roots(settings), adopt=adopt
                 )
-                if await state.plans.stored_selection() != stored:
-                    # another run changed the mirror's selection meanwhile: resolve it anew
+                changed = await state.plans.stored_selection() != stored
+                # under the lock: a newer release goes into the state directory, and then
+                # the plan resolves against it
+                if settings.follow_releases and await follow_once(settings) is not None:
+                    changed = True
+                if changed:
+                    # another run changed the mirror's selection meanwhile, or a newer
+                    # release came: resolve it anew
                     assert resolved is not None
                     resolved.close()
                     resolved = None

@@ -1,5 +1,7 @@
 """Planning, shared by ``sync``, ``serve`` and ``plan``: resolve the run's selection, together
-with the mirror's own unless the run prunes, against the installed IDC release; refuse typos
+with the mirror's own unless the run prunes, against the newest IDC release at hand (the
+installed idc-index-data as it is on disk now, or a release followed into the state
+directory: catalog/sources.py), read afresh by every plan; refuse typos
 before anything is touched; then either write the plan into the state in one transaction
 (``plan_into``) or only count what it would do (``dry_run``). Both decide through the same
 pure functions (core/planner.py), so ``plan`` says what ``sync`` will do.
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from idc_sync.catalog import sources
 from idc_sync.catalog.index import Catalog
 from idc_sync.catalog.resolution import Resolution
 from idc_sync.config import Settings
@@ -50,6 +53,7 @@ class PlanOutcome:
     release: int
     tally: PlanTally
     unknown: list[UnknownSelection]  # reported, not fatal (removed from IDC, SQL answers)
+    catalog: str = ""  # which catalog the plan read (catalog/sources.py's description)
     leaving: dict[str, Leaving] = field(default_factory=dict)  # every unselected series
     retiring: dict[str, Leaving] = field(default_factory=dict)  # those this run retires
     refusal: str | None = None  # why a sync would stop (dry runs only)
@@ -94,8 +98,8 @@ class Resolved:
 
 
 def _resolve(settings: Settings, selection: Selection) -> Resolved:
-    """Open the installed release and resolve ``selection`` (blocking: run on a thread)."""
-    catalog = Catalog()
+    """Open the newest release and resolve ``selection`` (blocking: run on a thread)."""
+    catalog = Catalog(source=sources.newest(settings.state_path))
     try:
         columns = template_columns(settings.dir_template, catalog.index_columns)
         resolution = catalog.resolve(selection, layout_columns=columns)
@@ -177,14 +181,16 @@ async def plan_into(
     if resolved is None:
         resolved = await resolve_plan(settings, given, await state.plans.stored_selection())
     try:
-        outcome = PlanOutcome(resolved.catalog.release, PlanTally(), resolved.resolution.unknown)
+        catalog = resolved.catalog
+        outcome = PlanOutcome(catalog.release, PlanTally(), resolved.resolution.unknown,
+                              catalog.source.describe())  # fmt: skip
         async with state.plans.writing() as writer:
             while (batch := await asyncio.to_thread(next, resolved.batches, None)) is not None:
                 if stop():
                     raise PlanCancelled
                 placements = place_batch(select(batch, settings.series_shard), resolved.layout,
                                          outcome.tally)  # fmt: skip
-                outcome.new_series += await writer.enqueue(placements)
+                outcome.new_series += await writer.enqueue(placements, catalog.version)
             await writer.requeue_reselected()
             after = ""
             while page := await writer.unselected(after):
@@ -220,7 +226,10 @@ async def dry_run(state: State | None, settings: Settings, given: Selection) -> 
     resolved = await resolve_plan(settings, given, stored)
     try:
         unknown = resolved.resolution.unknown
-        report = PlanReport(PlanOutcome(resolved.catalog.release, PlanTally(), unknown))
+        catalog = resolved.catalog
+        report = PlanReport(
+            PlanOutcome(catalog.release, PlanTally(), unknown, catalog.source.describe())
+        )
         planned: set[str] = set()
         while (batch := await asyncio.to_thread(next, resolved.batches, None)) is not None:
             placements = place_batch(select(batch, settings.series_shard), resolved.layout,

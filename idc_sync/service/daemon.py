@@ -1,6 +1,8 @@
 """The daemon behind ``idc-sync serve``: hold the state directory, plan the selection into
 the queue, keep workers fetching, replan on a schedule and on SIGHUP, serve status and
-metrics over HTTP, talk to systemd, and on SIGTERM/SIGINT drain and exit 0.
+metrics over HTTP, talk to systemd, watch the package index for new IDC releases
+(service/release_watch.py: a followed release asks for a replan), and on SIGTERM/SIGINT
+drain and exit 0.
 
 Life of the daemon, one loop: plan -> a round of workers until the queue has nothing
 left -> idle until the next replan (schedule or SIGHUP) -> replan -> ... A replan never
@@ -34,6 +36,7 @@ from idc_sync.run.select import selection_of
 from idc_sync.service.freshness import LastComplete
 from idc_sync.service.httpapi import HttpServer
 from idc_sync.service.metrics import MeteredEngine, Metrics
+from idc_sync.service.release_watch import ReleaseWatch
 from idc_sync.service.sdnotify import Notifier
 from idc_sync.service.status import Phase, StatusReport
 from idc_sync.state.database import peek_selection
@@ -91,6 +94,7 @@ class Daemon:
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._recent = RecentProblems()
         self._reporting = StatusReport(self.metrics, self._recent)
+        self.releases = ReleaseWatch(lambda: self.settings, self.metrics, self._replan.set)
 
     # -- control (signal handlers call these; so can tests) ---------------------------
 
@@ -112,6 +116,7 @@ class Daemon:
         log.info("SIGHUP: reloading the configuration and replanning")
         self._reload_wanted = True
         self._replan.set()
+        self.releases.check_now()
 
     # -- what the HTTP API asks --------------------------------------------------------
 
@@ -187,7 +192,8 @@ class Daemon:
             self.http_address = await http.start(self.settings.http.listen)
         loop = asyncio.get_running_loop()
         handled = self._install_signals(loop)
-        helpers = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._reporter())]
+        helpers = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._reporter()),
+                   asyncio.create_task(self.releases.run())]  # fmt: skip
         try:
             await self._main()
         finally:
@@ -332,6 +338,7 @@ class Daemon:
             log.error("replan failed; keeping the previous plan: %s", error)
             self._next_plan = time.monotonic() + self.settings.replan_interval
         else:
+            self.releases.reloaded(self.settings, settings)
             self.settings = settings
         if not self._stop.is_set():
             self.notifier.ready(await self._status_line())
@@ -373,9 +380,10 @@ class Daemon:
         self._status_cache = None
         self.metrics.planned(outcome.release)
         tally = outcome.tally
-        log.info("planned IDC release v%s%s: %s series, %s files, %s (%.1f s)", outcome.release,
-                 f" shard {settings.shard}" if settings.shard else "", f"{tally.series:,}",
-                 f"{tally.files:,}", size_text(tally.bytes), outcome.seconds)  # fmt: skip
+        log.info("planned IDC release v%s%s from %s: %s series, %s files, %s (%.1f s)",
+                 outcome.release, f" shard {settings.shard}" if settings.shard else "",
+                 outcome.catalog, f"{tally.series:,}", f"{tally.files:,}",
+                 size_text(tally.bytes), outcome.seconds)  # fmt: skip
 
     def _require_state(self) -> State:
         assert self._state is not None, "the state is opened before anything uses it"

