@@ -80,6 +80,7 @@ class Mirror:
         self._objects = asyncio.Semaphore(options.concurrency)
         self._recorder = Recorder(queue, self.stop)
         self._stop_reason: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()  # objects of every series
         self.summary = RunSummary()
         self._placer = ObjectPlacer(
             self._recorder, options.retry, progress or NoProgress(), self._observer,
@@ -88,10 +89,16 @@ class Mirror:
         )  # fmt: skip
 
     def stop(self, reason: str) -> None:
-        """Claim no more work; in-flight objects finish or stay pending."""
+        """Our disk or the way to the buckets failed: claim no more work, and cancel the
+        objects in flight (their bytes could not be written, or would fail alike); they
+        stay pending for the next run."""
         if self._stop_reason is None:
             self._stop_reason = reason
             log.error("stopping: %s", reason)
+            current = asyncio.current_task()
+            for task in self._in_flight:
+                if task is not current:
+                    task.cancel()
 
     def drain(self, reason: str) -> None:
         """Like stop(), for a planned shutdown: claim no more series or objects; in-flight
@@ -206,7 +213,14 @@ class Mirror:
                     task = asyncio.create_task(self._object(work, obj, on_disk))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-            await asyncio.gather(*tasks)
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+            for ended in await asyncio.gather(*tasks, return_exceptions=True):
+                # a cancelled object stays pending; anything else is a bug to surface
+                if isinstance(ended, BaseException) and not isinstance(
+                    ended, asyncio.CancelledError
+                ):
+                    raise ended
         finally:
             for task in tasks:
                 task.cancel()

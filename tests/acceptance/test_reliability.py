@@ -369,7 +369,9 @@ def test_full_disk_stops_with_a_clear_message_keeps_good_files_and_resumes(
     )
     args = cli_settings_args(settings, s3_server.endpoint, rows)
 
-    full = cli("sync", *args, "--no-progress")
+    # 16 objects in flight: what was already asked for when the disk filled is all that
+    # may still arrive (cancelled the moment the run stops, never written)
+    full = cli("sync", *args, "--no-progress", "--concurrency", "16")
 
     assert full.returncode == 1, full.stdout + full.stderr
     assert "stopped early" in full.stderr
@@ -384,7 +386,7 @@ def test_full_disk_stops_with_a_clear_message_keeps_good_files_and_resumes(
     requests_before = len(s3_server.requests())
     stopped_gets = s3_server.count("GET")
     print(f"\ndisk full: {len(placed)} of {len(uploaded)} files fit, {stopped_gets} GETs")
-    assert stopped_gets < len(uploaded) // 2, "kept fetching into a full disk"
+    assert stopped_gets <= len(placed) + 16 + 4, "kept fetching into a full disk"
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
     resumed = cli("sync", *args, "--no-progress")
