@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=600.0, gt=0)
     # "s5cmd": batches of objects fetched by the s5cmd program, every file verified by us
     engine: Literal["native", "s5cmd"] = "native"
+    # "fastest": verify with the cheapest full-object checksum the source publishes
+    # (CRC64NVME, CRC32C, CRC32, SHA-256), MD5 only where nothing cheaper exists; "md5":
+    # MD5 (or the multipart ETag) wherever there is one
+    checksum: Literal["fastest", "md5"] = "fastest"
     # series that leave the selection or the IDC release: move (default), keep or delete
     retired: Literal["move", "keep", "delete"] = "move"
     retired_dir: Path | None = None

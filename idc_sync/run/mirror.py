@@ -22,9 +22,10 @@ from idc_sync.core.errors import (
 from idc_sync.core.layout import instance_file_name, parse_object_key, resolve_inside
 from idc_sync.core.lifecycle import ObjectState, SeriesExpectation, SeriesState, series_verdict
 from idc_sync.core.logs import about
-from idc_sync.core.model import ObjectRow, SeriesRow, Source
+from idc_sync.core.model import ListedObject, ObjectRow, SeriesRow, Source
 from idc_sync.core.retry import RetryExhausted, RetryPolicy
 from idc_sync.core.routing import bucket_for, other_source
+from idc_sync.core.verify import ChecksumMode
 from idc_sync.disk.storage import survey_directory
 from idc_sync.engines.base import Engine
 from idc_sync.run.attempts import FailureObserver, LocalFailure, NoObserver, retrying
@@ -53,6 +54,7 @@ class MirrorOptions:
     series_concurrency: int = 8
     lease_seconds: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    checksum: ChecksumMode = "fastest"
 
 
 class Mirror:
@@ -84,7 +86,7 @@ class Mirror:
         self._placer = ObjectPlacer(
             self._recorder, options.retry, progress or NoProgress(), self._observer,
             self._rng, self.summary, self.stop, lambda: self._stop_reason is not None,
-            self._relisted,
+            self._relisted, options.checksum,
         )  # fmt: skip
 
     def stop(self, reason: str) -> None:
@@ -262,9 +264,8 @@ class Mirror:
         row, cloud, directory = work.row, work.cloud, work.directory
         uuid = row.crdc_series_uuid
 
-        async def listing() -> list[ObjectRow]:
-            listed = await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
-            return [ObjectRow(item.key, uuid, item.size, item.etag, directory) for item in listed]
+        async def listing() -> list[ListedObject]:
+            return await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
 
         listed = await retrying(
             listing, self._options.retry, observer=self._observer, rng=self._rng,
@@ -272,6 +273,9 @@ class Mirror:
         )  # fmt: skip
         objects: list[ObjectRow] = []
         seen: set[str] = set()
+        work.checksums = {
+            item.key: item.checksum_algorithm for item in listed if item.checksum_algorithm
+        }
         for item in listed:
             try:
                 instance = parse_object_key(item.key, uuid)
@@ -279,7 +283,9 @@ class Mirror:
                 log.error(
                     "series %s: refusing object: %s", uuid, error, extra=about(uuid, item.key)
                 )
-                await self._queue.refuse_object(item, str(error))
+                await self._queue.refuse_object(
+                    ObjectRow(item.key, uuid, item.size, item.etag, directory), str(error)
+                )
                 continue
             if row.instances is not None and instance not in row.instances:
                 continue

@@ -37,6 +37,7 @@ def mirror_options(settings: Settings) -> MirrorOptions:
         concurrency=settings.concurrency,
         series_concurrency=settings.series_concurrency,
         lease_seconds=settings.lease_seconds,
+        checksum=settings.checksum,
         # the settings count attempts; the policy counts retries after the first attempt
         retry=RetryPolicy(
             max_retryable=settings.max_attempts - 1,
@@ -53,6 +54,7 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
         settings.endpoint,
         concurrency=settings.concurrency,
         pin_etag=settings.source == "aws",
+        ask_checksums=settings.source == "aws",
         throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
         network=settings.network,
     )
@@ -79,6 +81,9 @@ def open_failover_engine(settings: Settings) -> AbstractAsyncContextManager[Engi
         settings.endpoints.aws if other == "aws" else settings.endpoints.gcs,
         concurrency=settings.concurrency,
         pin_etag=False,
+        # a series listed on the other cloud (its own listing failed) is verified by what
+        # that cloud publishes; objects failed over are held to the source's listing only
+        ask_checksums=other == "aws",
         throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
         network=settings.network,
     )
