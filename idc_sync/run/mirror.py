@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -69,15 +70,23 @@ class Mirror:
         rng: random.Random | None = None,
         observer: FailureObserver | None = None,
         failover: Engine | None = None,
+        *,
+        idle: Callable[[], Awaitable[bool]] | None = None,
+        stopped: Callable[[str], None] | None = None,
     ) -> None:
         """``failover``: an engine for the other cloud (aws <-> gcs), used for the objects
-        and listings of a series that its own cloud keeps failing."""
+        and listings of a series that its own cloud keeps failing. ``idle``: awaited when
+        the queue has nothing to claim and nothing is in flight; True means look again (a
+        worker process died and its series were queued again), False that the run is over.
+        ``stopped``: told the reason when this run stops itself (a full disk)."""
         self._queue = queue
         self._failover = failover
         self._observer = observer or NoObserver()
         self._engine = engine
         self._options = options
         self._rng = rng or random.Random()
+        self._idle = idle
+        self._stopped = stopped
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{self._rng.getrandbits(32):08x}"
         self._objects = asyncio.Semaphore(options.concurrency)
         self._recorder = Recorder(queue, self.stop)
@@ -94,6 +103,8 @@ class Mirror:
         if self._stop_reason is None:
             self._stop_reason = reason
             log.error("stopping: %s", reason)
+            if self._stopped is not None:
+                self._stopped(reason)
 
     def drain(self, reason: str) -> None:
         """Like stop(), for a planned shutdown: claim no more series or objects; in-flight
@@ -101,6 +112,11 @@ class Mirror:
         if self._stop_reason is None:
             self._stop_reason = reason
             log.info("draining: %s", reason)
+
+    @property
+    def owner(self) -> str:
+        """The lease owner of this run's claims."""
+        return self._owner
 
     async def run(self) -> RunSummary:
         recorder = asyncio.create_task(self._recorder.run())
@@ -134,7 +150,11 @@ class Mirror:
                     if claimed:
                         continue
                 if not active:
-                    return
+                    if self._idle is None or self._stop_reason is not None:
+                        return
+                    if not await self._idle():
+                        return
+                    continue
                 done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # a bug in a series task must not pass silently
