@@ -24,9 +24,16 @@ from idc_sync.core.errors import (
 )
 from idc_sync.core.listing import ListingBounds, parse_list_page
 from idc_sync.core.model import ListedObject
+from idc_sync.core.pieces import aligned_range, splittable
 from idc_sync.core.retry import FailureClass, classify_status
 from idc_sync.core.routing import bucket_url, object_url
-from idc_sync.core.verify import Published, Verdict, hashers_needed, published_checksums
+from idc_sync.core.verify import (
+    Published,
+    Verdict,
+    guess_part_size,
+    hashers_needed,
+    published_checksums,
+)
 from idc_sync.disk.lanes import Lane, answer, report
 from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob, ProgressCallback, Throttle
@@ -298,6 +305,12 @@ class NativeEngine:
                 asyncio.run_coroutine_threadsafe(throttle.take(count), loop).result()
 
         target = Target(url, headers, self._network)
+        # a multipart ETag is checked part by part on the range threads: whole parts a range
+        parts = job.expected.multipart_parts
+        part_size = job.part_size
+        if parts is not None and part_size is None:
+            part_size = guess_part_size(job.expected.size, parts)
+        range_bytes = aligned_range(self._range_bytes, part_size if parts is not None else None)
         # S3 sends no checksum with a range: when the listing says the object has one, a
         # HEAD asks for it (GCS sends x-goog-hash with every range)
         published = None
@@ -305,14 +318,20 @@ class NativeEngine:
             published = await self._published_by_head(url, headers)
         temp = await self._store(TempFile, job.final)
         transfer = RangedTransfer(
-            temp, target, job.expected.size, self._range_bytes, _status_error, progress
+            temp, target, job.expected.size, range_bytes, _status_error, progress
         )
         threads: list[asyncio.Future[None]] = []
         try:
             first = await loop.run_in_executor(self._ranges, transfer.open_first)
             published = published or published_checksums(first.headers)
             hasher = hashers_needed(job.expected, published, job.part_size, job.checksum)
-            threads.append(loop.run_in_executor(self._followers, transfer.hash_in_order, hasher))
+            in_pieces = splittable(hasher) and range_bytes % (hasher.part_size or 1) == 0
+            if in_pieces:
+                transfer.hash_pieces(hasher)
+            else:
+                threads.append(
+                    loop.run_in_executor(self._followers, transfer.hash_in_order, hasher)
+                )
             streams = min(self._range_streams, len(transfer.ranges))
             threads += [loop.run_in_executor(self._ranges, transfer.work) for _ in range(streams)]
             await asyncio.gather(*threads)
@@ -325,7 +344,8 @@ class NativeEngine:
             transfer.close_unused()
             await self._store(temp.discard)
             raise
-        return await self._commit(settle, temp, job, hasher.digests(), published)
+        digests = transfer.digests(hasher) if in_pieces else hasher.digests()
+        return await self._commit(settle, temp, job, digests, published)
 
     async def _published_by_head(self, url: str, headers: dict[str, str]) -> Published | None:
         """The full-object checksums S3 states for ``url`` in answer to a HEAD."""
