@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import uvloop
 
@@ -34,6 +35,8 @@ from idc_sync.run.round import mirror_options, open_engine, open_failover_engine
 from idc_sync.state.store import STATE_DB, State
 
 PR_SET_PDEATHSIG = 1
+# How long a worker told to stop may take to record what it placed (the parent waits as long).
+STOP_SECONDS = 10.0
 
 
 class _Orders:
@@ -70,7 +73,7 @@ async def _commands(orders: _Orders, early: bytes) -> None:
             if what in message:
                 orders.tell(what, str(message[what]))
                 orders.go.set()
-    raise asyncio.CancelledError  # the parent is gone
+    # end of input: the parent is gone, and work() cancels the round
 
 
 async def _flushing(outbox: Outbox) -> None:
@@ -92,6 +95,7 @@ async def work(settings: Settings, outbox: Outbox, early: bytes = b"") -> None:
             running = asyncio.create_task(_mirror(settings, orders, outbox, engine, other))
             done, _ = await asyncio.wait({running, commands}, return_when=asyncio.FIRST_COMPLETED)
             if commands in done and not running.done():
+                _deadline()  # the parent is gone: finish what is in flight, or be killed
                 running.cancel()
             await running
     finally:
@@ -165,16 +169,46 @@ def main() -> None:
     root.propagate = False
     gc.freeze()  # as the CLI does: what is loaded now lives as long as the process
 
-    def cancel(*_: object) -> None:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-
+    code = 0
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
+        main_task = loop.create_task(work(settings, outbox, early))
+        cancelled = False
+
+        def cancel() -> None:
+            # once: a second cancel could cut short the closing of the state connection
+            nonlocal cancelled
+            if not cancelled:
+                cancelled = True
+                main_task.cancel()
+                _deadline()
+
         loop.add_signal_handler(signal.SIGTERM, cancel)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
-        with contextlib.suppress(asyncio.CancelledError):
-            runner.run(work(settings, outbox, early))
+        try:
+            runner.run(_awaited(main_task))
+        except asyncio.CancelledError:
+            pass
+        except BaseException:
+            logging.getLogger(__name__).exception("worker process failed")
+            code = 1
+    with contextlib.suppress(OSError, ValueError):
+        outbox.flush()
+        sys.stderr.flush()
+    # Threads that are not daemons (aiosqlite's) must never keep a finished worker alive,
+    # and a dead process holds no SQLite lock: exit now.
+    os._exit(code)
+
+
+async def _awaited(task: asyncio.Task[None]) -> None:
+    await task
+
+
+def _deadline() -> None:
+    """A worker told to stop is gone within STOP_SECONDS, whatever it is waiting for."""
+    timer = threading.Timer(STOP_SECONDS, os._exit, (1,))
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":

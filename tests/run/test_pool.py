@@ -126,3 +126,42 @@ def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
     assert elapsed < 60  # not lease_seconds (600 s): the parent queued them again at once
     assert_mirrored(destination, rows, uploaded)
     assert not list(destination.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_completes(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
+    destination = tmp_path / "mirror"
+    command = [
+        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
+        "--endpoint", s3_server.endpoint, "--no-progress", "--workers", "3",
+        "--concurrency", "12", "--series-concurrency", "3",
+    ]  # fmt: skip
+    for row in rows:
+        command += ["--series", str(row["crdc_series_uuid"])]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = _children(process.pid)
+        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+        if len(workers) == 2 and placed >= 40:
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2, "the run never got going"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    gone_by = time.monotonic() + 15
+    while time.monotonic() < gone_by and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}/status").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]  # fmt: skip
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_mirrored(destination, rows, uploaded)
