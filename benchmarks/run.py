@@ -53,6 +53,19 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 TOOLS = ("idc-sync", "idc-sync-s5cmd", "s5cmd", "rclone", "aws-cli")
 # also runnable: idc-sync with one event loop, and the checkout given by --base-checkout
 EXTRA_TOOLS = ("idc-sync-1", "idc-sync-base")
+# Runs the CLI of another checkout with this venv's packages: the editable install's finder
+# would import this checkout's idc_sync whatever sys.path says, so it is taken out first.
+BASE_LAUNCHER = """
+import sys
+checkout = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+sys.path.insert(0, checkout)
+import idc_sync
+assert idc_sync.__file__.startswith(checkout), idc_sync.__file__
+from idc_sync.cli.main import main
+sys.argv[0] = "idc-sync"
+main()
+"""
 
 
 # -- the server --------------------------------------------------------------------------
@@ -173,8 +186,7 @@ def tool_command(
         if tool == "idc-sync-base":
             if checkout is None:
                 raise SystemExit("idc-sync-base needs --base-checkout")
-            program = [sys.executable, "-m", "idc_sync"]
-            env["PYTHONPATH"] = str(checkout)
+            program = [sys.executable, "-c", BASE_LAUNCHER, str(checkout)]
         command = [
             *program, "sync", "--destination", str(out), "--source", source,
             "--endpoint", endpoint, "--no-progress", "--log-level", "warning",
@@ -407,11 +419,6 @@ def table(results: Sequence[Result], md5_per_second: float, cores: int) -> str:
         def ratio(base: float | None, r: Result = r) -> str:
             return f"{r.wall / base:.2f}x" if base else "-"
 
-        tool = (
-            r.tool
-            if r.tool != "s5cmd" or limit is None
-            else f"s5cmd (verified limit {limit:.2f} s)"
-        )
         lines.append(
             f"| {r.workload} | {r.tool} | {r.wall:.2f} ± {r.spread / 2:.2f} "
             f"| {r.dataset_files / r.wall:,.0f} | {r.dataset_size / 1e6 / r.wall:,.0f} "
