@@ -1,213 +1,73 @@
 """Side-by-side download benchmark: idc-sync against s5cmd (as idc-index drives it), aws-cli
 and rclone, on IDC-like data served by nginx on 127.0.0.1 with injected time to first byte.
 
-    .venv/bin/python benchmarks/run.py                       # every workload, 3 runs each
-    .venv/bin/python benchmarks/run.py --workload small --runs 5 --tools idc-sync,s5cmd
+    .venv/bin/python benchmarks/run.py                       # the README's table, 3 runs each
+    .venv/bin/python benchmarks/run.py --workload ct --runs 5 --tools idc-sync,s5cmd
+    .venv/bin/python benchmarks/run.py --workload request --tools idc-sync,idc-sync-base \
+        --base-checkout /tmp/speed-base                      # A/B against another checkout
 
-Workloads are built from real rows of the installed IDC index (counts and exact sizes);
-the bytes are synthetic (a seeded random pool, a per-file header so every MD5 differs).
-nginx serves them through benchmarks/S3Bench.pm: GET with Range and If-Match against
-the real MD5 ETag, and one prepared ListObjects page per series prefix (and one for the
-whole bucket, for aws-cli and rclone, which copy a bucket rather than a list of series).
+Workloads (benchmarks/data.py) are built from real rows of the installed IDC index (counts
+and exact sizes); the bytes are synthetic. nginx serves them through benchmarks/S3Bench.pm
+in the workload's flavour: S3 with MD5 ETags, S3 with a stored CRC64NVME, GCS (x-goog-hash),
+or multipart ETags. Runs of the tools are interleaved (one run of each tool, then the next
+round), so a noisy neighbour hits every tool alike.
 
-Every figure comes from the tool's own process tree (``os.wait4``): wall time, user+system
-CPU, peak RSS. nginx's CPU during each run is read from /proc and reported beside it."""
+Every figure comes from the tool's own process tree: wall time, user+system CPU of the tool
+and every process it waited for (GNU time), peak RSS summed over the whole tree (sampled
+from /proc every 50 ms: idc-sync's worker processes count). nginx's CPU during each run is
+read from /proc and reported beside it. The verified limit of a workload is what s5cmd
+would take if it also MD5-hashed every byte with both cores: max(s5cmd's wall, (s5cmd's CPU
++ bytes / MD5 rate) / cores), with the MD5 rate measured at the start of the same run."""
 
 from __future__ import annotations
 
 import argparse
 import compileall
 import contextlib
+import csv
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.dataset import (  # noqa: E402 - needs the repo on sys.path
-    Row,
-    instance_keys,
-    instance_sizes,
-    real_series,
-)
+from benchmarks.data import WORKLOADS, Dataset, Workload, build  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-POOL_BYTES = 64 << 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 TOOLS = ("idc-sync", "idc-sync-s5cmd", "s5cmd", "rclone", "aws-cli")
-
-
-# -- workloads ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    name: str
-    description: str
-    latency_ms: int
-    collection_id: str | None = None
-    where: str | None = None
-    limit: int = 100_000
-    max_files: int | None = None  # cut the row list once this many files are reached
-
-    def rows(self) -> list[Row]:
-        rows = real_series(self.collection_id, limit=self.limit, where=self.where)
-        if self.max_files is None:
-            return rows
-        kept, files = [], 0
-        for row in rows:
-            if files >= self.max_files:
-                break
-            kept.append(row)
-            files += int(row["instanceCount"])
-        return kept
-
-
-WORKLOADS = {
-    "small": Workload(
-        "small",
-        "request-bound: qin_pet_phantom, 2,816 files of ~87 KB",
-        latency_ms=50,
-        collection_id="qin_pet_phantom",
-    ),
-    "ct": Workload(
-        "ct",
-        "byte-bound: lungct_diagnosis, 4,682 CT files of ~0.53 MB",
-        latency_ms=20,
-        collection_id="lungct_diagnosis",
-    ),
-    "large": Workload(
-        "large",
-        "large: the 4 smallest single-file series of 800-1,000 MB (tcga bulk annotations)",
-        latency_ms=0,
-        where="instanceCount = 1 AND series_size_MB BETWEEN 800 AND 1000",
-        limit=4,
-    ),
-    "tiny": Workload(
-        "tiny",
-        "smoke test: one qin_pet_phantom series of 47 files",
-        latency_ms=0,
-        collection_id="qin_pet_phantom",
-        where="instanceCount = 47",
-        limit=1,
-    ),
-    "scale": Workload(
-        "scale",
-        "100k files: acrin_nsclc_fdg_pet series of files under 40 KB (idc-sync only)",
-        latency_ms=0,
-        collection_id="acrin_nsclc_fdg_pet",
-        where="series_size_MB * 1000 / instanceCount < 40",
-        max_files=100_000,
-    ),
-}
-
-
-# -- data --------------------------------------------------------------------------------
-
-
-def _pool() -> bytes:
-    return random.Random(20260101).randbytes(POOL_BYTES)
-
-
-def _write_object(path: Path, key: str, size: int, pool: bytes) -> str:
-    """Write one synthetic object; returns its MD5. The key heads the file so that no two
-    objects share content (a benchmark must not be helped by identical files)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    header = (key.encode() * 2)[:size]
-    start = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % (
-        POOL_BYTES // 2
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:
-        handle.write(header)
-        digest.update(header)
-        left = size - len(header)
-        while left > 0:
-            block = pool[start : start + min(left, POOL_BYTES - start)]
-            handle.write(block)
-            digest.update(block)
-            left -= len(block)
-            start = (start + 4099) % (POOL_BYTES // 2)
-    return digest.hexdigest()
-
-
-def _list_page(bucket: str, prefix: str, contents: Sequence[tuple[str, int, str]]) -> str:
-    items = "".join(
-        f"<Contents><Key>{escape(key)}</Key><LastModified>2024-01-01T00:00:00.000Z"
-        f"</LastModified><ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size>"
-        f"<StorageClass>STANDARD</StorageClass></Contents>"
-        for key, size, etag in contents
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-        f"<Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>{len(contents)}</KeyCount>"
-        f"<MaxKeys>{max(len(contents), 1000)}</MaxKeys><IsTruncated>false</IsTruncated>"
-        f"{items}</ListBucketResult>"
-    )
-
-
-@dataclass(slots=True)
-class Dataset:
-    workload: Workload
-    rows: list[Row]
-    files: int = 0
-    size: int = 0
-    buckets: dict[str, list[str]] = field(default_factory=dict)  # bucket -> series uuids
-
-
-def build(workload: Workload, data: Path) -> Dataset:
-    """Write the workload's objects and listings under ``data`` (kept between runs; a
-    series is rebuilt only when its listing page is missing)."""
-    rows = workload.rows()
-    dataset = Dataset(workload, rows)
-    pool: bytes | None = None
-    etags = data / "_etags" / f"{workload.name}.tsv"
-    lines: list[str] = []
-    everything: dict[str, list[tuple[str, int, str]]] = {}
-    for row in rows:
-        series, bucket = str(row["crdc_series_uuid"]), str(row["aws_bucket"])
-        dataset.buckets.setdefault(bucket, []).append(series)
-        page = data / "_list" / bucket / f"{series}.xml"
-        cached = data / "_etags" / "series" / f"{series}.json"
-        if page.exists() and cached.exists():
-            contents = [tuple(item) for item in json.loads(cached.read_text())]
-        else:
-            pool = pool or _pool()
-            contents = []
-            for key, size in zip(instance_keys(row), instance_sizes(row), strict=True):
-                contents.append((key, size, _write_object(data / bucket / key, key, size, pool)))
-            page.parent.mkdir(parents=True, exist_ok=True)
-            page.write_text(_list_page(bucket, f"{series}/", contents))  # type: ignore[arg-type]
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(contents))
-        for key, size, etag in contents:
-            lines.append(f"{bucket}/{key}\t{etag}\n")
-            dataset.files += 1
-            dataset.size += int(size)
-        everything.setdefault(bucket, []).extend(contents)  # type: ignore[arg-type]
-    etags.parent.mkdir(parents=True, exist_ok=True)
-    etags.write_text("".join(lines))
-    for bucket, contents in everything.items():
-        # the whole-bucket page lists this workload only: aws-cli and rclone copy a bucket
-        page = data / "_list" / f"_bucket_{workload.name}" / f"{bucket}.xml"
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(_list_page(bucket, "", contents))
-    return dataset
+# also runnable: idc-sync-N (N event loops), and the checkout given by --base-checkout
+EXTRA_TOOLS = ("idc-sync-base",)
+# aws-cli's 10 threads need minutes for tens of thousands of files at 50 ms each
+SKIP = {("request", "aws-cli")}
+# Runs the CLI of another checkout with this venv's packages: the editable install's finder
+# would import this checkout's idc_sync whatever sys.path says, so it is taken out first.
+BASE_LAUNCHER = """
+import sys
+checkout = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+sys.path.insert(0, checkout)
+import idc_sync
+assert idc_sync.__file__.startswith(checkout), idc_sync.__file__
+from idc_sync.cli.main import main
+sys.argv[0] = "idc-sync"
+main()
+"""
 
 
 # -- the server --------------------------------------------------------------------------
@@ -230,12 +90,12 @@ class Nginx:
         (self.prefix / "S3BenchConf.pm").write_text(
             "package S3BenchConf;\n"
             f"our $ROOT = '{data}';\n"
+            f"our $LISTS = '{data / '_list' / workload.name}';\n"
             f"our $DELAY_MS = {workload.latency_ms};\n"
-            f"our $BUCKET_LIST = '_bucket_{workload.name}';\n"
+            f"our $FLAVOUR = '{workload.flavour}';\n"
             "1;\n"
         )
         shutil.copy(REPO / "benchmarks" / "S3Bench.pm", self.prefix / "S3Bench.pm")
-        shutil.copy(data / "_etags" / f"{workload.name}.tsv", data / "_etags.tsv")
         # workers read the data as we do (an unprivileged worker could not enter a 0700 tmp)
         user = "user root;" if os.geteuid() == 0 else ""
         (self.prefix / "nginx.conf").write_text(f"""
@@ -318,25 +178,35 @@ def s5cmd_binary() -> str:
 
 
 def tool_command(
-    tool: str, dataset: Dataset, endpoint: str, out: Path, work: Path
+    tool: str, dataset: Dataset, endpoint: str, out: Path, work: Path, checkout: Path | None
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if tool in ("idc-sync", "idc-sync-s5cmd"):
+    workload = dataset.workload
+    if tool.startswith("idc-sync"):
+        source = "gcs" if workload.flavour == "gcs" else "aws"
+        program = [str(VENV_BIN / "idc-sync")]
+        if tool == "idc-sync-base":
+            if checkout is None:
+                raise SystemExit("idc-sync-base needs --base-checkout")
+            program = [sys.executable, "-c", BASE_LAUNCHER, str(checkout)]
         command = [
-            str(VENV_BIN / "idc-sync"), "sync", "--destination", str(out),
+            *program, "sync", "--destination", str(out), "--source", source,
             "--endpoint", endpoint, "--no-progress", "--log-level", "warning",
         ]  # fmt: skip
         for row in dataset.rows:
             command += ["--series", str(row["crdc_series_uuid"])]
         if tool == "idc-sync-s5cmd":
             env["IDC_SYNC_ENGINE"] = "s5cmd"
+        loops = tool.removeprefix("idc-sync-")
+        if loops.isdigit():  # idc-sync-N: N event loops
+            env["IDC_SYNC_WORKERS"] = loops
         return command, env
     if tool == "s5cmd":
         # exactly what idc-index writes: one cp line per series, one `s5cmd run`
         manifest = work / "s5cmd-manifest.txt"
         manifest.write_text(
             "".join(
-                f"cp s3://{row['aws_bucket']}/{row['crdc_series_uuid']}/* "
+                f"cp s3://{workload.bucket(str(row['aws_bucket']))}/{row['crdc_series_uuid']}/* "
                 f"{out}/{row['crdc_series_uuid']}/\n"
                 for row in dataset.rows
             )
@@ -367,11 +237,14 @@ def tool_command(
 class Measurement:
     wall: float
     cpu: float
-    max_rss_mb: float
+    max_rss_mb: float  # the largest single process (GNU time)
+    tree_rss_mb: float  # the whole process tree at its peak (sampled)
+    processes: int  # the most processes of the tree at once
     server_cpu: float
     files: int
     size: int
     exit_code: int
+    verified_by: dict[str, int]  # idc-sync: files per checksum kind (its provenance)
 
 
 def _tree_size(root: Path) -> tuple[int, int]:
@@ -386,6 +259,52 @@ def _tree_size(root: Path) -> tuple[int, int]:
     return files, size
 
 
+def _descendants(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            stack += [
+                int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            ]
+    return found
+
+
+class TreeRss:
+    """Samples the summed resident memory of a process tree until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            total = count = 0
+            for pid in _descendants(self.pid):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+                    count += 1
+            self.peak = max(self.peak, total)
+            self.processes = max(self.processes, count - 1)  # not GNU time itself
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _verified_by(out: Path) -> dict[str, int]:
+    provenance = out / ".idc-sync" / "provenance.csv"
+    if not provenance.exists():
+        return {}
+    with provenance.open(newline="") as handle:
+        return dict(Counter(row["checksum_kind"] for row in csv.DictReader(handle)))
+
+
 def measure(command: list[str], env: dict[str, str], nginx: Nginx, out: Path) -> Measurement:
     # GNU time reports the tool's own rusage: a child forked straight from this process
     # would inherit our RSS as its high-water mark before exec.
@@ -393,12 +312,15 @@ def measure(command: list[str], env: dict[str, str], nginx: Nginx, out: Path) ->
     timed = ["/usr/bin/time", "-q", "-f", "%e %U %S %M", "-o", str(usage_file), *command]
     server_before = nginx.cpu_seconds()
     started = time.perf_counter()
-    finished = subprocess.run(  # noqa: S603 - the tool under test, built by tool_command
-        timed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    process = subprocess.Popen(  # noqa: S603 - the tool under test, built by tool_command
+        timed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    rss = TreeRss(process.pid)
+    _, stderr = process.communicate()
     wall = time.perf_counter() - started
-    if finished.returncode != 0:
-        print(f"  exit {finished.returncode}: {finished.stderr.decode(errors='replace')[-2000:]}")
+    rss.stop()
+    if process.returncode != 0:
+        print(f"  exit {process.returncode}: {stderr.decode(errors='replace')[-2000:]}")
     _, user, system, max_rss_kb = usage_file.read_text().split()[-4:]
     usage_file.unlink()
     files, size = _tree_size(out)
@@ -406,14 +328,30 @@ def measure(command: list[str], env: dict[str, str], nginx: Nginx, out: Path) ->
         wall=wall,
         cpu=float(user) + float(system),
         max_rss_mb=int(max_rss_kb) / 1024,
+        tree_rss_mb=rss.peak / MB,
+        processes=rss.processes,
         server_cpu=nginx.cpu_seconds() - server_before,
         files=files,
         size=size,
-        exit_code=finished.returncode,
+        exit_code=process.returncode,
+        verified_by=_verified_by(out),
     )
 
 
+def md5_rate() -> float:
+    """MD5 bytes per second on one core, the best of three passes over 256 MiB."""
+    data = memoryview(bytearray(os.urandom(1 << 20) * 256))
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        hashlib.md5(data, usedforsecurity=False).digest()
+        best = min(best, time.perf_counter() - started)
+    return len(data) / best
+
+
 # -- the table ---------------------------------------------------------------------------
+
+MB = 1 << 20
 
 
 @dataclass(slots=True)
@@ -433,12 +371,16 @@ class Result:
         return max(m.wall for m in self.runs) - min(m.wall for m in self.runs)
 
     @property
-    def cpu_per_1000(self) -> float:
-        return statistics.median(m.cpu for m in self.runs) / self.dataset_files * 1000
+    def cpu(self) -> float:
+        return statistics.median(m.cpu for m in self.runs)
+
+    @property
+    def cpu_ms_per_file(self) -> float:
+        return self.cpu / self.dataset_files * 1000
 
     @property
     def rss(self) -> float:
-        return max(m.max_rss_mb for m in self.runs)
+        return max(m.tree_rss_mb for m in self.runs)
 
     @property
     def server_cpu(self) -> float:
@@ -451,24 +393,42 @@ class Result:
             for m in self.runs
         )
 
+    @property
+    def verified_by(self) -> str:
+        kinds: Counter[str] = Counter()
+        for m in self.runs[-1:]:
+            kinds.update(m.verified_by)
+        return ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())) or "-"
 
-def table(results: Sequence[Result]) -> str:
+
+def verified_limit(s5cmd: Result, md5_per_second: float, cores: int) -> float:
+    """What s5cmd would take if it also MD5-hashed every byte, with perfect use of the cores."""
+    return max(s5cmd.wall, (s5cmd.cpu + s5cmd.dataset_size / md5_per_second) / cores)
+
+
+def table(results: Sequence[Result], md5_per_second: float, cores: int) -> str:
     head = (
-        "| workload | tool | wall s (median, spread) | files/s | MB/s | CPU s/1k files "
-        "| peak RSS MB | nginx CPU s | wall / s5cmd | CPU / s5cmd | complete |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| workload | tool | wall s (median ± half range) | files/s | MB/s | CPU s | "
+        "CPU ms/file | peak RSS MB (all processes) | nginx CPU s | wall / s5cmd | "
+        "wall / rclone | verified limit s | wall / verified limit | verified by | complete |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
-    baseline = {r.workload: r for r in results if r.tool == "s5cmd"}
+    by = {(r.workload, r.tool): r for r in results}
     for r in results:
-        base = baseline.get(r.workload)
-        wall_ratio = f"{r.wall / base.wall:.2f}x" if base else "-"
-        cpu_ratio = f"{r.cpu_per_1000 / base.cpu_per_1000:.2f}x" if base else "-"
+        s5cmd, rclone = by.get((r.workload, "s5cmd")), by.get((r.workload, "rclone"))
+        limit = verified_limit(s5cmd, md5_per_second, cores) if s5cmd else None
+
+        def ratio(base: float | None, r: Result = r) -> str:
+            return f"{r.wall / base:.2f}x" if base else "-"
+
         lines.append(
-            f"| {r.workload} | {r.tool} | {r.wall:.2f} (±{r.spread / 2:.2f}) "
+            f"| {r.workload} | {r.tool} | {r.wall:.2f} ± {r.spread / 2:.2f} "
             f"| {r.dataset_files / r.wall:,.0f} | {r.dataset_size / 1e6 / r.wall:,.0f} "
-            f"| {r.cpu_per_1000:.2f} | {r.rss:.0f} | {r.server_cpu:.2f} "
-            f"| {wall_ratio} | {cpu_ratio} | {'yes' if r.complete else 'NO'} |"
+            f"| {r.cpu:.2f} | {r.cpu_ms_per_file:.3f} | {r.rss:.0f} | {r.server_cpu:.2f} "
+            f"| {ratio(s5cmd.wall if s5cmd else None)} | {ratio(rclone.wall if rclone else None)} "
+            f"| {'-' if limit is None else f'{limit:.2f}'} | {ratio(limit)} "
+            f"| {r.verified_by} | {'yes' if r.complete else 'NO'} |"
         )
     return head + "\n".join(lines)
 
@@ -487,7 +447,12 @@ def fresh(path: Path) -> Iterator[Path]:
 
 
 def run_workload(
-    workload: Workload, tools: Sequence[str], runs: int, base: Path, out_base: Path
+    workload: Workload,
+    tools: Sequence[str],
+    runs: int,
+    base: Path,
+    out_base: Path,
+    checkout: Path | None,
 ) -> list[Result]:
     data = base / "data"
     started = time.perf_counter()
@@ -498,34 +463,34 @@ def run_workload(
         f"to first byte (data ready in {time.perf_counter() - started:.1f} s)",
         flush=True,
     )
-    results = []
+    tools = [tool for tool in tools if (workload.name, tool) not in SKIP]
+    results = {tool: Result(workload.name, tool, [], dataset.files, dataset.size) for tool in tools}
     with Nginx(base, data, workload) as nginx:
-        for tool in tools:
-            result = Result(workload.name, tool, [], dataset.files, dataset.size)
-            for attempt in range(runs):
+        for attempt in range(runs):
+            for tool in tools:  # interleaved: a noisy minute hits every tool alike
                 with fresh(out_base / f"{workload.name}-{tool}") as out:
-                    command, env = tool_command(tool, dataset, nginx.endpoint, out, base)
+                    command, env = tool_command(tool, dataset, nginx.endpoint, out, base, checkout)
                     m = measure(command, env, nginx, out)
-                result.runs.append(m)
+                results[tool].runs.append(m)
                 print(
                     f"  {tool} run {attempt + 1}: {m.wall:.2f} s, CPU {m.cpu:.2f} s, "
-                    f"RSS {m.max_rss_mb:.0f} MB, nginx CPU {m.server_cpu:.2f} s, "
-                    f"{m.files} files, exit {m.exit_code}",
+                    f"RSS {m.tree_rss_mb:.0f} MB in {m.processes} processes, "
+                    f"nginx CPU {m.server_cpu:.2f} s, {m.files} files, exit {m.exit_code}"
+                    + (f", verified by {m.verified_by}" if m.verified_by else ""),
                     flush=True,
                 )
-            results.append(result)
-    return results
+    return list(results.values())
 
 
 def scale_run(base: Path, out_base: Path) -> dict[str, Any]:
-    """idc-sync over 100k files: a first sync (peak RSS), then a re-sync of the complete
-    mirror (wall time, object GETs seen by the server: must be zero)."""
+    """idc-sync over 100k files: a first sync (peak RSS of every process), then a re-sync
+    of the complete mirror (wall time, object GETs seen by the server: must be zero)."""
     workload = WORKLOADS["scale"]
     dataset = build(workload, base / "data")
     print(f"scale: {dataset.files:,} files, {dataset.size / 1e6:,.1f} MB", flush=True)
     report: dict[str, Any] = {"files": dataset.files, "bytes": dataset.size}
     with Nginx(base, base / "data", workload) as nginx, fresh(out_base / "scale") as out:
-        command, env = tool_command("idc-sync", dataset, nginx.endpoint, out, base)
+        command, env = tool_command("idc-sync", dataset, nginx.endpoint, out, base, None)
         first = measure(command, env, nginx, out)
         gets_first = nginx.object_gets()
         again = measure(command, env, nginx, out)
@@ -533,11 +498,13 @@ def scale_run(base: Path, out_base: Path) -> dict[str, Any]:
     report.update(
         first_wall=first.wall,
         first_cpu=first.cpu,
-        first_rss_mb=first.max_rss_mb,
+        first_rss_mb=first.tree_rss_mb,
+        first_largest_process_rss_mb=first.max_rss_mb,
+        first_processes=first.processes,
         first_exit=first.exit_code,
         files_on_disk=first.files,
         resync_wall=again.wall,
-        resync_rss_mb=again.max_rss_mb,
+        resync_rss_mb=again.tree_rss_mb,
         resync_exit=again.exit_code,
         resync_object_gets=gets_again,
     )
@@ -545,36 +512,48 @@ def scale_run(base: Path, out_base: Path) -> dict[str, Any]:
     return report
 
 
+DEFAULT_WORKLOADS = ["ct", "large", "request", "large-gcs", "large-crc", "multipart"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", action="append", choices=[*WORKLOADS, "all"])
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--tools", default="idc-sync,s5cmd,rclone,aws-cli")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--base", type=Path, default=Path("/dev/shm/idc-bench"))  # noqa: S108 - tmpfs on purpose
     parser.add_argument("--out", type=Path, help="where tools write (default: BASE/out)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--base-checkout", type=Path, help="the idc_sync tree of idc-sync-base")
     args = parser.parse_args(argv)
-    names = args.workload or ["small", "ct", "large"]
+    names = args.workload or DEFAULT_WORKLOADS
     if "all" in names:
-        names = ["small", "ct", "large", "scale"]
+        names = [*DEFAULT_WORKLOADS, "scale"]
     # pip compiles an installed package's bytecode; an editable checkout under
     # PYTHONDONTWRITEBYTECODE (set on this machine) would compile idc_sync on every start
     compileall.compile_dir(REPO / "idc_sync", quiet=1)
+    if args.base_checkout is not None:
+        compileall.compile_dir(args.base_checkout / "idc_sync", quiet=1)
     tools = [t for t in args.tools.split(",") if t]
-    unknown = set(tools) - set(TOOLS)
+    unknown = {t for t in tools if not t.removeprefix("idc-sync-").isdigit()}
+    unknown -= set(TOOLS) | set(EXTRA_TOOLS)
     if unknown:
         parser.error(f"unknown tools: {sorted(unknown)}")
+    cores = os.cpu_count() or 1
+    rate = md5_rate()
+    print(f"MD5 on one core: {rate / 1e6:,.0f} MB/s; {cores} cores", flush=True)
     out_base = args.out or args.base / "out"
     results: list[Result] = []
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"md5_bytes_per_second": rate, "cores": cores}
     for name in names:
         if name == "scale":
             extra["scale"] = scale_run(args.base, out_base)
             continue
-        results.extend(run_workload(WORKLOADS[name], tools, args.runs, args.base, out_base))
+        results.extend(
+            run_workload(WORKLOADS[name], tools, args.runs, args.base, out_base, args.base_checkout)
+        )
     if results:
         print()
-        print(table(results))
+        print(table(results, rate, cores))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -590,10 +569,11 @@ def _result_dict(result: Result) -> dict[str, Any]:
         "tool": result.tool,
         "wall_median": result.wall,
         "spread": result.spread,
-        "cpu_per_1000_files": result.cpu_per_1000,
+        "cpu_median": result.cpu,
+        "cpu_ms_per_file": result.cpu_ms_per_file,
         "peak_rss_mb": result.rss,
         "complete": result.complete,
-        "runs": [vars(m) if hasattr(m, "__dict__") else _fields(m) for m in result.runs],
+        "runs": [_fields(m) for m in result.runs],
     }
 
 

@@ -139,8 +139,12 @@ class Settings(BaseSettings):
 
     licenses: Licenses = Field(default_factory=Licenses)
 
-    concurrency: int = Field(default=128, ge=1, le=1024)
-    series_concurrency: int = Field(default=32, ge=1, le=256)
+    # objects and series in flight, in all event loops together
+    concurrency: int = Field(default=256, ge=1, le=4096)
+    series_concurrency: int = Field(default=32, ge=1, le=1024)
+    # event loops of the data plane: this process and workers - 1 worker processes leasing
+    # from the same queue (run/pool.py); 0 is one per core
+    workers: int = Field(default=0, ge=0, le=256)
     max_attempts: int = Field(default=6, ge=1, le=100)
     max_integrity_attempts: int = Field(default=3, ge=1, le=20)
     # an object or listing that fails for good on `source` is fetched from the other cloud
@@ -149,6 +153,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=600.0, gt=0)
     # "s5cmd": batches of objects fetched by the s5cmd program, every file verified by us
     engine: Literal["native", "s5cmd"] = "native"
+    # "fastest": verify with the cheapest full-object checksum the source publishes
+    # (CRC64NVME, CRC32C, CRC32, SHA-256), MD5 only where nothing cheaper exists; "md5":
+    # MD5 (or the multipart ETag) wherever there is one
+    checksum: Literal["fastest", "md5"] = "fastest"
     # series that leave the selection or the IDC release: move (default), keep or delete
     retired: Literal["move", "keep", "delete"] = "move"
     retired_dir: Path | None = None

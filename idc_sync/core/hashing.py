@@ -1,26 +1,35 @@
-"""Hashing an object's bytes as they arrive, in chunks of any size: MD5, crc32c and the
-multipart ETag (the MD5 of each part's MD5) at once, without copies. Pure computation;
-``hash_file`` re-reads a file on disk (a restart re-verifies files without a "done" row)."""
+"""Hashing an object's bytes as they arrive, in chunks of any size: MD5, the CRCs S3 and GCS
+publish (CRC64NVME, CRC32C, CRC32), SHA-256 and the multipart ETag (the MD5 of each part's
+MD5) at once, without copies. Pure computation; ``hash_file`` re-reads a file on disk (a
+restart re-verifies files without a "done" row).
+
+The CRCs come from awscrt (CRC64NVME, CRC32C) and zlib (CRC32): all three take any buffer
+and release the GIL, so a receive buffer is hashed in place on its own thread. Measured
+here on a 64 MiB memoryview: CRC64NVME 8.6 GB/s, CRC32C 6.6 GB/s, CRC32 3.5 GB/s, SHA-256
+1.5 GB/s, MD5 0.63 GB/s. google-crc32c is faster on ``bytes`` but takes nothing else, and
+copying a bytearray into bytes first brought it down to 1 GB/s."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import google_crc32c
-
-from idc_sync.core.errors import ConfigurationError
+from awscrt import checksums
 
 if TYPE_CHECKING:
     from hashlib import _Hash
 
+Buffer = bytes | bytearray | memoryview
+
 
 @dataclass(frozen=True)
 class Digests:
-    """What we computed over the bytes we received (or re-read from disk)."""
+    """What we computed over the bytes we received (or re-read from disk); base64 values are
+    big-endian, as S3 and GCS send them."""
 
     size: int
     md5_hex: str | None
@@ -28,32 +37,42 @@ class Digests:
     multipart_etag: str | None
     # The part size behind multipart_etag, kept so a mismatch can say what was assumed.
     part_size: int | None = None
+    crc64nvme_b64: str | None = None
+    crc32_b64: str | None = None
+    sha256_b64: str | None = None
 
 
-def crc32c_is_native() -> bool:
-    """Whether google_crc32c uses its C extension (the pure-Python fallback is ~100x slower)."""
-    return bool(google_crc32c.implementation == "c")
+def crc_b64(value: int, width_bytes: int) -> str:
+    """A CRC as the wire carries it: big-endian bytes in base64."""
+    return base64.b64encode(value.to_bytes(width_bytes, "big")).decode("ascii")
 
 
 class StreamHasher:
     """Hashes an object as its bytes arrive, in chunks of any size.
 
     Chunks are not aligned with multipart parts; they are split with memoryview slices so
-    nothing is copied for MD5. hashlib releases the GIL on large buffers, so hashing can run
-    in a worker thread alongside the event loop.
+    nothing is copied. Every hash here releases the GIL on large buffers, so hashing runs
+    in worker threads alongside the event loop.
     """
 
-    def __init__(self, md5: bool = True, crc32c: bool = False, part_size: int | None = None):
+    def __init__(
+        self,
+        md5: bool = True,
+        crc32c: bool = False,
+        part_size: int | None = None,
+        *,
+        crc64nvme: bool = False,
+        crc32: bool = False,
+        sha256: bool = False,
+    ):
         if part_size is not None and part_size <= 0:
             raise ValueError(f"part size must be positive, got {part_size}")
-        if crc32c and not crc32c_is_native():
-            raise ConfigurationError(
-                "google-crc32c is running its pure-Python fallback, too slow to verify GCS "
-                "objects; reinstall google-crc32c with its C extension"
-            )
         self._size = 0
         self._md5: _Hash | None = hashlib.md5(usedforsecurity=False) if md5 else None
+        self._sha256: _Hash | None = hashlib.sha256() if sha256 else None
         self._crc32c: int | None = 0 if crc32c else None
+        self._crc64nvme: int | None = 0 if crc64nvme else None
+        self._crc32: int | None = 0 if crc32 else None
         self._part_size = part_size
         # Multipart state: the running MD5 of the closed parts' binary digests (no list grows
         # with the part count), the open part's MD5 and how full it is.
@@ -75,17 +94,19 @@ class StreamHasher:
 
     @property
     def computes(self) -> frozenset[str]:
-        """Which digests this hasher produces: a subset of {"md5", "crc32c", "multipart"}."""
-        names: set[str] = set()
-        if self._md5 is not None:
-            names.add("md5")
-        if self._crc32c is not None:
-            names.add("crc32c")
-        if self._part_size is not None:
-            names.add("multipart")
+        """Which digests this hasher produces: a subset of {"md5", "crc32c", "crc64nvme",
+        "crc32", "sha256", "multipart"}."""
+        names = {
+            name
+            for name, state in (
+                ("md5", self._md5), ("crc32c", self._crc32c), ("crc64nvme", self._crc64nvme),
+                ("crc32", self._crc32), ("sha256", self._sha256), ("multipart", self._part),
+            )
+            if state is not None
+        }  # fmt: skip
         return frozenset(names)
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: Buffer) -> None:
         view = memoryview(data)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
@@ -95,12 +116,14 @@ class StreamHasher:
         self._size += length
         if self._md5 is not None:
             self._md5.update(view)
+        if self._crc64nvme is not None:
+            self._crc64nvme = checksums.crc64nvme(view, self._crc64nvme)
         if self._crc32c is not None:
-            # google_crc32c only accepts bytes (not memoryview or bytearray), and releases the
-            # GIL only for bytes; the copy costs far less than the CRC of a composite object.
-            self._crc32c = google_crc32c.extend(
-                self._crc32c, data if isinstance(data, bytes) else view.tobytes()
-            )
+            self._crc32c = checksums.crc32c(view, self._crc32c)
+        if self._crc32 is not None:
+            self._crc32 = zlib.crc32(view, self._crc32)
+        if self._sha256 is not None:
+            self._sha256.update(view)
         if self._part_size is not None:
             self._update_parts(view)
 
@@ -135,15 +158,19 @@ class StreamHasher:
         return f"{final.hexdigest()}-{self._parts_closed + 1}"
 
     def digests(self) -> Digests:
-        crc32c_b64 = None
-        if self._crc32c is not None:
-            crc32c_b64 = base64.b64encode(self._crc32c.to_bytes(4, "big")).decode("ascii")
+        def crc(value: int | None, width: int) -> str | None:
+            return None if value is None else crc_b64(value, width)
+
+        sha256 = self._sha256
         return Digests(
             size=self._size,
             md5_hex=self._md5.hexdigest() if self._md5 is not None else None,
-            crc32c_b64=crc32c_b64,
+            crc32c_b64=crc(self._crc32c, 4),
             multipart_etag=self._multipart_etag(),
             part_size=self._part_size,
+            crc64nvme_b64=crc(self._crc64nvme, 8),
+            crc32_b64=crc(self._crc32, 4),
+            sha256_b64=None if sha256 is None else base64.b64encode(sha256.digest()).decode(),
         )
 
 
@@ -151,8 +178,8 @@ def hash_file(path: Path, hasher: StreamHasher, chunk_size: int = 8 << 20) -> Di
     """Hash a file already on disk (a restart re-verifies files without a "done" row)."""
     if hasher.bytes_hashed:
         raise ValueError("hash_file needs a fresh StreamHasher")
+    buffer = memoryview(bytearray(chunk_size))
     with path.open("rb", buffering=0) as file:
-        # read() returns bytes, which google_crc32c can hash with the GIL released.
-        while chunk := file.read(chunk_size):
-            hasher.update(chunk)
+        while count := file.readinto(buffer):
+            hasher.update(buffer[:count])
     return hasher.digests()

@@ -2,7 +2,9 @@
 
 S3 and GCS's XML API send the same elements under different namespaces, so tags are
 matched by local name. With ``encoding-type=url`` S3 form-encodes keys (a space is "+");
-a page is decoded only when it says it was encoded, as botocore does."""
+a page is decoded only when it says it was encoded, as botocore does. An entry's
+``ChecksumAlgorithm`` and ``ChecksumType`` say whether S3 stores a full-object checksum
+that a GET with ``x-amz-checksum-mode: ENABLED`` returns."""
 
 from __future__ import annotations
 
@@ -49,11 +51,13 @@ def parse_list_page(body: bytes | bytearray | memoryview) -> ListPage:
         size = item.get("Size", "")
         if not key or not size.isdigit():
             raise RetryableError(f"LIST: an entry without a usable Key and Size: {item}")
+        etag = item.get("ETag", "").strip().strip('"')
         objects.append(
             ListedObject(
                 key=unquote_plus(key) if encoded else key,
                 size=int(size),
-                etag=item.get("ETag", "").strip().strip('"'),
+                etag=etag,
+                checksum_algorithm=_full_object_checksum(entry, etag),
             )
         )
     truncated = fields.get("IsTruncated", "false").lower() == "true"
@@ -61,6 +65,32 @@ def parse_list_page(body: bytes | bytearray | memoryview) -> ListPage:
     if truncated and token is None:
         raise RetryableError("LIST: a truncated page without a continuation token")
     return ListPage(objects, token if truncated else None)
+
+
+FULL_OBJECT_ALGORITHMS = frozenset({"CRC64NVME", "CRC32C", "CRC32", "SHA256"})
+
+
+def _full_object_checksum(entry: ElementTree.Element, etag: str) -> str | None:
+    """The entry's full-object checksum algorithm, if it has one we can check. Without a
+    ChecksumType an older object's checksum covers the whole object only when it was not a
+    multipart upload (then it is a checksum of part checksums); CRC64NVME always does."""
+    algorithms = [
+        (child.text or "").strip().upper()
+        for child in entry
+        if _local(child.tag) == "ChecksumAlgorithm"
+    ]
+    kinds = [
+        (child.text or "").strip().upper() for child in entry if _local(child.tag) == "ChecksumType"
+    ]
+    for algorithm in algorithms:
+        if algorithm not in FULL_OBJECT_ALGORITHMS:
+            continue
+        if kinds:
+            if kinds[0] == "FULL_OBJECT":
+                return algorithm
+        elif algorithm == "CRC64NVME" or "-" not in etag:
+            return algorithm
+    return None
 
 
 # A series holds at most 91,980 instances in IDC v25; one whose count the index does not give

@@ -117,6 +117,9 @@ class ListedObject:
     key: str
     size: int
     etag: str  # without quotes
+    # A full-object checksum S3 stores for it (ListObjectsV2 ChecksumAlgorithm with
+    # ChecksumType FULL_OBJECT): "CRC64NVME", "CRC32C", "CRC32" or "SHA256"; None if none.
+    checksum_algorithm: str | None = None
 
 
 # -- what the queue holds ------------------------------------------------------------

@@ -1,5 +1,13 @@
-"""Integrity of one object: what the server promised (listing ETag, x-goog-hash), which
-hasher that calls for (core/hashing.py), and the verdict on what it computed. Pure."""
+"""Integrity of one object: what the server promised (the listing's ETag; x-goog-hash from
+GCS; x-amz-checksum-* from S3 when asked with ``x-amz-checksum-mode: ENABLED``), which
+hasher that calls for (core/hashing.py), and the verdict on what it computed. Pure.
+
+With ``checksum = "fastest"`` (the default) a published full-object CRC64NVME, CRC32C, CRC32
+or SHA-256 is checked instead of MD5: any of them catches what the MD5 catches on a
+transfer, at a tenth of its CPU or less (core/hashing.py has the rates). MD5 (or the
+multipart ETag) is hashed only where nothing cheaper is published, or always with
+``checksum = "md5"``, or when the bytes come from another cloud than the listing (source
+failover), whose own headers are not the promise we verify against."""
 
 from __future__ import annotations
 
@@ -8,12 +16,9 @@ import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from idc_sync.core.hashing import Digests, StreamHasher
-
-if TYPE_CHECKING:
-    pass
 
 MIB = 1 << 20
 
@@ -32,7 +37,13 @@ COMMON_PART_SIZES: tuple[int, ...] = tuple(
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 _MULTIPART_ETAG = re.compile(r"([0-9a-f]{32})-([1-9][0-9]{0,4})")
 
-VerdictKind = Literal["md5", "multipart-md5", "crc32c", "size-only"]
+VerdictKind = Literal["md5", "multipart-md5", "crc32c", "crc64nvme", "crc32", "sha256", "size-only"]
+ChecksumMode = Literal["fastest", "md5"]
+# Published checksums by CPU per byte, cheapest first (the rates in core/hashing.py).
+FASTEST_FIRST: tuple[str, ...] = ("crc64nvme", "crc32c", "crc32", "sha256")
+# Binary lengths of each published checksum, and its x-amz-checksum-* header.
+_LENGTHS = {"md5": 16, "crc32c": 4, "crc64nvme": 8, "crc32": 4, "sha256": 32}
+AMZ_CHECKSUM_HEADERS = {f"x-amz-checksum-{name}": name for name in FASTEST_FIRST}
 
 
 @dataclass(frozen=True)
@@ -46,14 +57,36 @@ class Expected:
     # The ETag comes from an S3 listing, so it is the MD5 (or multipart ETag) of the bytes
     # even when GCS serves them as a composite object (source failover).
     etag_from_s3: bool = False
+    # The bytes come from another cloud than the listing (source failover): only the
+    # listing's checksum is the promise, whatever the serving cloud's headers claim.
+    foreign: bool = False
 
 
 @dataclass(frozen=True)
-class GoogHash:
-    """The hashes GCS sent in x-goog-hash, base64 as on the wire; None when absent or unusable."""
+class Published:
+    """The full-object checksums a response's headers carry, base64 as on the wire; None
+    when absent or unusable. ``header`` names where they came from, for messages:
+    "x-goog-hash", "x-amz-checksum", or "recorded" (what ``verify`` holds a file to)."""
 
-    md5_b64: str | None
-    crc32c_b64: str | None
+    md5_b64: str | None = None
+    crc32c_b64: str | None = None
+    crc64nvme_b64: str | None = None
+    crc32_b64: str | None = None
+    sha256_b64: str | None = None
+    header: str = "x-goog-hash"
+
+    def value(self, name: str) -> str | None:
+        """The published value of checksum ``name`` ("md5", "crc32c", ...)."""
+        value: str | None = getattr(self, f"{name}_b64")
+        return value
+
+    def label(self, name: str) -> str:
+        where = f"{self.header}-{name}" if self.header == "x-amz-checksum" else self.header
+        return f"{name} ({where})"
+
+    @property
+    def any(self) -> bool:
+        return any(self.value(name) is not None for name in _LENGTHS)
 
 
 @dataclass(frozen=True)
@@ -75,16 +108,19 @@ def normalize_etag(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
 
-def expectation_from_listing(etag: str, size: int, *, from_s3: bool = False) -> Expected:
+def expectation_from_listing(
+    etag: str, size: int, *, from_s3: bool = False, foreign: bool = False
+) -> Expected:
     """Read what an ETag says about the content; anything not S3-shaped promises nothing.
-    ``from_s3``: the listing came from S3 (see ``Expected.etag_from_s3``)."""
+    ``from_s3``: the listing came from S3 (see ``Expected.etag_from_s3``); ``foreign``: the
+    bytes come from the other cloud (see ``Expected.foreign``)."""
     normalized = normalize_etag(etag)
     if _MD5_ETAG.fullmatch(normalized):
-        return Expected(size, normalized, normalized, None, from_s3)
+        return Expected(size, normalized, normalized, None, from_s3, foreign)
     match = _MULTIPART_ETAG.fullmatch(normalized)
     if match is not None and int(match.group(2)) <= S3_MAX_PARTS:
-        return Expected(size, normalized, None, int(match.group(2)), from_s3)
-    return Expected(size, normalized, None, None, from_s3)
+        return Expected(size, normalized, None, int(match.group(2)), from_s3, foreign)
+    return Expected(size, normalized, None, None, from_s3, foreign)
 
 
 def _decode_b64(value: str, length: int) -> bytes | None:
@@ -95,35 +131,76 @@ def _decode_b64(value: str, length: int) -> bytes | None:
     return raw if len(raw) == length else None
 
 
-def parse_goog_hash(values: Iterable[str]) -> GoogHash:
+class _Collected:
+    """Values seen for each checksum name; two different valid values for the same one mean
+    we cannot tell which is right, so that checksum becomes unusable rather than trusted."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, bytes] = {}
+        self.conflicting: set[str] = set()
+
+    def add(self, name: str, value: str) -> None:
+        raw = _decode_b64(value.strip(), _LENGTHS[name])
+        if raw is None:
+            return
+        if name in self.found and self.found[name] != raw:
+            self.conflicting.add(name)
+        self.found.setdefault(name, raw)
+
+    def usable(self, name: str) -> str | None:
+        if name in self.conflicting or name not in self.found:
+            return None
+        return base64.b64encode(self.found[name]).decode("ascii")
+
+
+def parse_goog_hash(values: Iterable[str]) -> Published:
     """Parse every x-goog-hash header line (one line "crc32c=..,md5=.." or one line per hash).
 
-    Malformed or unknown items are ignored. Two different valid values for the same hash mean
-    we cannot tell which is right, so that hash becomes unusable (None) rather than trusted.
+    Malformed or unknown items are ignored, and so is a hash given twice with different values.
     """
-    lengths = {"md5": 16, "crc32c": 4}
-    found: dict[str, bytes] = {}
-    conflicting: set[str] = set()
+    collected = _Collected()
     for header_value in values:
         for item in header_value.split(","):
             # partition at the first "=": base64 padding also uses "="
             name, sep, value = item.strip().partition("=")
             name = name.strip().lower()
-            if not sep or name not in lengths:
-                continue
-            raw = _decode_b64(value.strip(), lengths[name])
-            if raw is None:
-                continue
-            if name in found and found[name] != raw:
-                conflicting.add(name)
-            found.setdefault(name, raw)
+            if sep and name in ("md5", "crc32c"):
+                collected.add(name, value)
+    return Published(md5_b64=collected.usable("md5"), crc32c_b64=collected.usable("crc32c"))
 
-    def usable(name: str) -> str | None:
-        if name in conflicting or name not in found:
-            return None
-        return base64.b64encode(found[name]).decode("ascii")
 
-    return GoogHash(md5_b64=usable("md5"), crc32c_b64=usable("crc32c"))
+def parse_amz_checksums(headers: Iterable[tuple[str, str]]) -> Published | None:
+    """The full-object checksums of an S3 answer to ``x-amz-checksum-mode: ENABLED``
+    (``headers``: lower-case names). A COMPOSITE checksum (``x-amz-checksum-type``, or a
+    value ending in ``-N``) is the checksum of the part checksums, not of the bytes, and is
+    ignored, as is anything malformed; None when nothing usable is left."""
+    collected = _Collected()
+    composite = False
+    for name, value in headers:
+        kind = AMZ_CHECKSUM_HEADERS.get(name)
+        if kind is not None:
+            collected.add(kind, value)
+        elif name == "x-amz-checksum-type" and value.strip().upper() != "FULL_OBJECT":
+            composite = True
+    if composite:
+        return None
+    found = {f"{kind}_b64": collected.usable(kind) for kind in FASTEST_FIRST}
+    published = Published(header="x-amz-checksum", **found)
+    return published if published.any else None
+
+
+def published_checksums(headers: Iterable[tuple[str, str]]) -> Published | None:
+    """What a response's headers (lower-case names) publish about the whole object:
+    x-goog-hash from GCS, or x-amz-checksum-* from S3; None when neither says anything."""
+    # most answers carry neither: one pass over the names decides (a fifth of a small
+    # GET's verification cost otherwise)
+    relevant = [(n, v) for n, v in headers if n.startswith(("x-goog-hash", "x-amz-checksum"))]
+    if not relevant:
+        return None
+    goog = [value for name, value in relevant if name == "x-goog-hash"]
+    if goog:
+        return parse_goog_hash(goog)
+    return parse_amz_checksums(relevant)
 
 
 def part_count(size: int, part_size: int) -> int:
@@ -174,13 +251,18 @@ def guess_part_size(size: int, parts: int) -> int | None:
     return candidate if multipart_part_size_valid(size, parts, candidate) else None
 
 
-def _is_composite(goog: GoogHash | None, expected: Expected | None = None) -> bool:
+def _is_composite(goog: Published | None, expected: Expected | None = None) -> bool:
     # GCS gives composite objects a crc32c but no md5, and their ETag is not an MD5 even when
     # it looks like one (GCS says to assume nothing about it). An ETag from an S3 listing
     # describes the bytes whatever GCS says.
     if expected is not None and expected.etag_from_s3:
         return False
-    return goog is not None and goog.md5_b64 is None and goog.crc32c_b64 is not None
+    return (
+        goog is not None
+        and goog.header == "x-goog-hash"
+        and goog.md5_b64 is None
+        and goog.crc32c_b64 is not None
+    )
 
 
 def _b64_to_hex(value: str) -> str:
@@ -191,14 +273,33 @@ def _mib(size: int) -> str:
     return f"{size // MIB} MiB" if size and size % MIB == 0 else f"{size}-byte"
 
 
+def _fastest(expected: Expected, published: Published | None, mode: ChecksumMode) -> str | None:
+    """The cheapest published checksum `verdict` may rest on in this mode, if any."""
+    if mode != "fastest" or expected.foreign or published is None:
+        return None
+    if expected.etag_from_s3 and published.header == "x-goog-hash":
+        return None  # GCS serving what S3 listed: only the listing is the promise
+    for name in FASTEST_FIRST:
+        if published.value(name) is not None:
+            return name
+    return None
+
+
 def hashers_needed(
-    expected: Expected, goog: GoogHash | None, part_size: int | None
+    expected: Expected,
+    goog: Published | None,
+    part_size: int | None,
+    mode: ChecksumMode = "fastest",
 ) -> StreamHasher:
-    """The cheapest hasher whose digests let `verdict` use the strongest available check.
+    """The cheapest hasher whose digests let `verdict` use the check the mode asks for: the
+    cheapest published checksum (``"fastest"``), else the strongest MD5 check available.
 
     ``part_size`` is the multipart part size when known (from config, or a HEAD with
     partNumber=1); when None or inconsistent with the ETag's part count it is guessed.
     """
+    fastest = _fastest(expected, goog, mode)
+    if fastest is not None:
+        return StreamHasher(md5=False, **{fastest: True})
     composite = _is_composite(goog, expected)
     goog_md5 = goog is not None and goog.md5_b64 is not None
     if expected.md5_hex is not None and not composite:
@@ -213,7 +314,13 @@ def hashers_needed(
             return StreamHasher(md5=goog_md5, part_size=size)
     if goog_md5:
         return StreamHasher(md5=True)
-    if goog is not None and goog.crc32c_b64 is not None:
+    if goog is not None and not expected.foreign:
+        # nothing MD5-shaped to check: the operator's "md5" yields to what is published
+        for name in ("crc32c", *FASTEST_FIRST):
+            if goog.value(name) is not None:
+                return StreamHasher(md5=False, **{name: True})
+    elif goog is not None and goog.header == "x-goog-hash" and goog.crc32c_b64 is not None:
+        # failover to a GCS composite object: its crc32c at least names a corrupt transfer
         return StreamHasher(md5=False, crc32c=True)
     return StreamHasher(md5=False)
 
@@ -227,8 +334,33 @@ class _Check:
     detail: str = ""
 
 
-def _checks(expected: Expected, digests: Digests, goog: GoogHash | None) -> list[_Check]:
-    """Every check the server's promises allow, strongest first (got=None: not hashed)."""
+def _published_checks(digests: Digests, published: Published | None) -> list[_Check]:
+    if published is None or published.header == "x-goog-hash":
+        return []
+    return [
+        _Check(name, published.label(name), value, getattr(digests, f"{name}_b64"))  # type: ignore[arg-type]
+        for name in FASTEST_FIRST
+        if (value := published.value(name)) is not None
+    ]
+
+
+def _checks(
+    expected: Expected, digests: Digests, goog: Published | None, mode: ChecksumMode
+) -> list[_Check]:
+    """Every check the server's promises allow, in the order the mode prefers them
+    (got=None: not hashed)."""
+    checks = _md5_checks(expected, digests, goog)
+    amz = _published_checks(digests, goog)
+    if _fastest(expected, goog, mode) is None:
+        return checks + amz
+    # the cheapest first: the one hashed names the verdict, and nothing before it was skipped
+    crc32c = [check for check in checks if check.kind == "crc32c"]
+    first = sorted(amz + crc32c, key=lambda check: FASTEST_FIRST.index(check.kind))
+    return first + [check for check in checks if check.kind != "crc32c"]
+
+
+def _md5_checks(expected: Expected, digests: Digests, goog: Published | None) -> list[_Check]:
+    """The listing's MD5 checks and GCS's x-goog-hash, strongest first."""
     composite = _is_composite(goog, expected)
     checks: list[_Check] = []
     if expected.md5_hex is not None and not composite:
@@ -244,21 +376,29 @@ def _checks(expected: Expected, digests: Digests, goog: GoogHash | None) -> list
         else:
             detail = f" with {_mib(digests.part_size)} parts"
         checks.append(_Check("multipart-md5", "multipart ETag", expected.etag, got, detail))
-    if goog is not None and goog.md5_b64 is not None:
+    if goog is None or goog.header != "x-goog-hash":
+        return checks
+    if goog.md5_b64 is not None:
         checks.append(
             _Check("md5", "md5 (x-goog-hash)", _b64_to_hex(goog.md5_b64), digests.md5_hex)
         )
-    if goog is not None and goog.crc32c_b64 is not None:
+    if goog.crc32c_b64 is not None:
         checks.append(_Check("crc32c", "crc32c (x-goog-hash)", goog.crc32c_b64, digests.crc32c_b64))
     return checks
 
 
-def verdict(expected: Expected, digests: Digests, goog: GoogHash | None = None) -> Verdict:
-    """Judge one object: size first, then every check we hashed for; the strongest names it.
+def verdict(
+    expected: Expected,
+    digests: Digests,
+    goog: Published | None = None,
+    mode: ChecksumMode = "fastest",
+) -> Verdict:
+    """Judge one object: size first, then every check we hashed for; the first in the mode's
+    order (the cheapest published one, or the strongest MD5 check) names it.
 
     Every check with both sides present must pass, so an md5 ETag and a GCS md5 must both
-    agree with the bytes. A promised check we did not hash for is named in ``reason`` so a
-    weaker verdict is never silent.
+    agree with the bytes. A promised check we did not hash for that comes before the one
+    that names the verdict is named in ``reason``, so a weaker verdict is never silent.
     """
     if digests.size != expected.size:
         return Verdict(
@@ -267,7 +407,7 @@ def verdict(expected: Expected, digests: Digests, goog: GoogHash | None = None) 
             checksum="",
             reason=f"size mismatch: expected {expected.size} bytes, got {digests.size} bytes",
         )
-    checks = _checks(expected, digests, goog)
+    checks = _checks(expected, digests, goog, mode)
     performed = [check for check in checks if check.got is not None]
     for check in performed:
         if check.got != check.expected:
@@ -291,7 +431,7 @@ def verdict(expected: Expected, digests: Digests, goog: GoogHash | None = None) 
     )
 
 
-def _impossible_multipart(expected: Expected, goog: GoogHash | None) -> str | None:
+def _impossible_multipart(expected: Expected, goog: Published | None) -> str | None:
     """Why the listing's multipart ETag is untrustworthy, when it claims a part count its
     size cannot have. With nothing else to check, accepting by size would let any bytes of
     the right length in; a real multipart upload never meets this (its parts are >= 5 MiB),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from idc_sync.core.model import ListedObject
-from idc_sync.core.verify import Expected, Verdict
+from idc_sync.core.verify import ChecksumMode, Expected, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,11 @@ class FetchJob:
     expected: Expected
     final: Path
     part_size: int | None = None  # for multipart ETags
+    # "fastest": the cheapest checksum the source publishes; "md5": MD5 where there is one
+    checksum: ChecksumMode = "fastest"
+    # The listing's ChecksumAlgorithm (S3: "CRC64NVME", ...) when it is a full-object one:
+    # a large object's ranges carry no checksum header, so a HEAD asks for it first.
+    listed_checksum: str | None = None
 
 
 ProgressCallback = Callable[[int], None]

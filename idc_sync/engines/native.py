@@ -24,9 +24,16 @@ from idc_sync.core.errors import (
 )
 from idc_sync.core.listing import ListingBounds, parse_list_page
 from idc_sync.core.model import ListedObject
+from idc_sync.core.pieces import aligned_range, splittable
 from idc_sync.core.retry import FailureClass, classify_status
 from idc_sync.core.routing import bucket_url, object_url
-from idc_sync.core.verify import GoogHash, Verdict, hashers_needed, parse_goog_hash
+from idc_sync.core.verify import (
+    Published,
+    Verdict,
+    guess_part_size,
+    hashers_needed,
+    published_checksums,
+)
 from idc_sync.disk.lanes import Lane, answer, report
 from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob, ProgressCallback, Throttle
@@ -78,6 +85,7 @@ class NativeEngine:
         *,
         concurrency: int,
         pin_etag: bool = True,
+        ask_checksums: bool = False,
         throttle: Throttle | None = None,
         network: NetOptions | None = None,
         small_object: int = SMALL_OBJECT,
@@ -88,6 +96,9 @@ class NativeEngine:
         self._concurrency = concurrency
         # GCS's XML API matches If-Match against generations, not ETags; pin only on S3.
         self._pin_etag = pin_etag
+        # S3 sends its stored checksums (x-amz-checksum-crc64nvme, ...) only when asked; GCS
+        # sends x-goog-hash unasked. Asking costs one header per request.
+        self._ask_checksums = ask_checksums
         self._throttle = throttle
         self._small_object = small_object
         self._range_bytes = range_bytes
@@ -184,8 +195,14 @@ class NativeEngine:
             self._pace.succeeded()
             return int(length)
 
-    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
+    def _object_headers(self, job: FetchJob) -> dict[str, str]:
         headers = {"If-Match": f'"{job.expected.etag}"'} if self._pin_etag else {}
+        if self._ask_checksums and job.checksum == "fastest" and not job.expected.foreign:
+            headers["x-amz-checksum-mode"] = "ENABLED"
+        return headers
+
+    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
+        headers = self._object_headers(job)
         url = object_url(self._endpoint, job.bucket, job.key)
         if job.expected.size > self._small_object:
             return await self._fetch_ranged(job, url, headers, on_bytes)
@@ -206,15 +223,15 @@ class NativeEngine:
                 raise IntegrityError(
                     f"server sends {len(body)} bytes, listing said {job.expected.size}"
                 )
-            goog = parse_goog_hash(response.header_all("x-goog-hash"))
+            published = published_checksums(response.headers)
             # Most IDC files are small: the body is read whole, and one thread hop creates,
             # hashes, writes, verifies and renames.
-            hasher = hashers_needed(job.expected, goog, job.part_size)
+            hasher = hashers_needed(job.expected, published, job.part_size, job.checksum)
             self._pace.succeeded()
         on_bytes(len(body))
         if self._throttle is not None:
             await self._throttle.take(len(body))
-        return await self._fill_and_settle(job, hasher, body, goog)
+        return await self._fill_and_settle(job, hasher, body, published)
 
     @property
     def pace(self) -> AdaptiveLimit:
@@ -249,7 +266,7 @@ class NativeEngine:
         job: FetchJob,
         hasher: Any,
         body: bytes | bytearray | memoryview,
-        goog: GoogHash | None,
+        published: Published | None,
     ) -> asyncio.Future[Verdict]:
         """A whole body into place: a storage thread creates, hashes and writes the temp
         file, then hands it straight to a commit thread to verify, fsync and rename; the
@@ -269,7 +286,7 @@ class NativeEngine:
                 report(loop, done, None, error)
                 return
             getter.give_back(body)  # written and hashed: the next response may have it
-            commits.submit(partial(answer, loop, done, settle, temp, job, digests, goog))
+            commits.submit(partial(answer, loop, done, settle, temp, job, digests, published))
 
         storage.submit(fill)
         return done
@@ -288,16 +305,33 @@ class NativeEngine:
                 asyncio.run_coroutine_threadsafe(throttle.take(count), loop).result()
 
         target = Target(url, headers, self._network)
+        # a multipart ETag is checked part by part on the range threads: whole parts a range
+        parts = job.expected.multipart_parts
+        part_size = job.part_size
+        if parts is not None and part_size is None:
+            part_size = guess_part_size(job.expected.size, parts)
+        range_bytes = aligned_range(self._range_bytes, part_size if parts is not None else None)
+        # S3 sends no checksum with a range: when the listing says the object has one, a
+        # HEAD asks for it (GCS sends x-goog-hash with every range)
+        published = None
+        if "x-amz-checksum-mode" in headers and job.listed_checksum is not None:
+            published = await self._published_by_head(url, headers)
         temp = await self._store(TempFile, job.final)
         transfer = RangedTransfer(
-            temp, target, job.expected.size, self._range_bytes, _status_error, progress
+            temp, target, job.expected.size, range_bytes, _status_error, progress
         )
         threads: list[asyncio.Future[None]] = []
         try:
             first = await loop.run_in_executor(self._ranges, transfer.open_first)
-            goog = parse_goog_hash(first.header_all("x-goog-hash"))
-            hasher = hashers_needed(job.expected, goog, job.part_size)
-            threads.append(loop.run_in_executor(self._followers, transfer.hash_in_order, hasher))
+            published = published or published_checksums(first.headers)
+            hasher = hashers_needed(job.expected, published, job.part_size, job.checksum)
+            in_pieces = splittable(hasher) and range_bytes % (hasher.part_size or 1) == 0
+            if in_pieces:
+                transfer.hash_pieces(hasher)
+            else:
+                threads.append(
+                    loop.run_in_executor(self._followers, transfer.hash_in_order, hasher)
+                )
             streams = min(self._range_streams, len(transfer.ranges))
             threads += [loop.run_in_executor(self._ranges, transfer.work) for _ in range(streams)]
             await asyncio.gather(*threads)
@@ -310,7 +344,18 @@ class NativeEngine:
             transfer.close_unused()
             await self._store(temp.discard)
             raise
-        return await self._commit(settle, temp, job, hasher.digests(), goog)
+        digests = transfer.digests(hasher) if in_pieces else hasher.digests()
+        return await self._commit(settle, temp, job, digests, published)
+
+    async def _published_by_head(self, url: str, headers: dict[str, str]) -> Published | None:
+        """The full-object checksums S3 states for ``url`` in answer to a HEAD."""
+        assert self._getter is not None
+        async with self._pace:
+            response = await self._getter.head(url, headers)
+            if response.status != 200:
+                raise self._refused(response.status, None, response.header("location"), "HEAD")
+            self._pace.succeeded()
+        return published_checksums(response.headers)
 
 
 def _fill(job: FetchJob, hasher: Any, body: bytes | bytearray | memoryview) -> TempFile:

@@ -371,7 +371,7 @@ def _settle_copy(waiting: _Waiting, outcome: CopyOutcome) -> Verdict:
         raise RetryableError(f"s5cmd wrote {on_disk} of {job.expected.size} bytes")
     temp = TempFile.adopt(job.final, path)
     try:
-        digests = hash_file(path, hashers_needed(job.expected, None, job.part_size))
+        digests = hash_file(path, hashers_needed(job.expected, None, job.part_size, job.checksum))
     except BaseException:
         temp.discard()
         raise

@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -22,9 +23,10 @@ from idc_sync.core.errors import (
 from idc_sync.core.layout import instance_file_name, parse_object_key, resolve_inside
 from idc_sync.core.lifecycle import ObjectState, SeriesExpectation, SeriesState, series_verdict
 from idc_sync.core.logs import about
-from idc_sync.core.model import ObjectRow, SeriesRow, Source
+from idc_sync.core.model import ListedObject, ObjectRow, SeriesRow, Source
 from idc_sync.core.retry import RetryExhausted, RetryPolicy
 from idc_sync.core.routing import bucket_for, other_source
+from idc_sync.core.verify import ChecksumMode
 from idc_sync.disk.storage import survey_directory
 from idc_sync.engines.base import Engine
 from idc_sync.run.attempts import FailureObserver, LocalFailure, NoObserver, retrying
@@ -53,6 +55,7 @@ class MirrorOptions:
     series_concurrency: int = 8
     lease_seconds: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    checksum: ChecksumMode = "fastest"
 
 
 class Mirror:
@@ -67,15 +70,23 @@ class Mirror:
         rng: random.Random | None = None,
         observer: FailureObserver | None = None,
         failover: Engine | None = None,
+        *,
+        idle: Callable[[], Awaitable[bool]] | None = None,
+        stopped: Callable[[str], None] | None = None,
     ) -> None:
         """``failover``: an engine for the other cloud (aws <-> gcs), used for the objects
-        and listings of a series that its own cloud keeps failing."""
+        and listings of a series that its own cloud keeps failing. ``idle``: awaited when
+        the queue has nothing to claim and nothing is in flight; True means look again (a
+        worker process died and its series were queued again), False that the run is over.
+        ``stopped``: told the reason when this run stops itself (a full disk)."""
         self._queue = queue
         self._failover = failover
         self._observer = observer or NoObserver()
         self._engine = engine
         self._options = options
         self._rng = rng or random.Random()
+        self._idle = idle
+        self._stopped = stopped
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{self._rng.getrandbits(32):08x}"
         self._objects = asyncio.Semaphore(options.concurrency)
         self._recorder = Recorder(queue, self.stop)
@@ -85,7 +96,7 @@ class Mirror:
         self._placer = ObjectPlacer(
             self._recorder, options.retry, progress or NoProgress(), self._observer,
             self._rng, self.summary, self.stop, lambda: self._stop_reason is not None,
-            self._relisted,
+            self._relisted, options.checksum,
         )  # fmt: skip
 
     def stop(self, reason: str) -> None:
@@ -99,6 +110,8 @@ class Mirror:
             for task in self._in_flight:
                 if task is not current:
                     task.cancel()
+            if self._stopped is not None:
+                self._stopped(reason)
 
     def drain(self, reason: str) -> None:
         """Like stop(), for a planned shutdown: claim no more series or objects; in-flight
@@ -106,6 +119,11 @@ class Mirror:
         if self._stop_reason is None:
             self._stop_reason = reason
             log.info("draining: %s", reason)
+
+    @property
+    def owner(self) -> str:
+        """The lease owner of this run's claims."""
+        return self._owner
 
     async def run(self) -> RunSummary:
         recorder = asyncio.create_task(self._recorder.run())
@@ -139,7 +157,11 @@ class Mirror:
                     if claimed:
                         continue
                 if not active:
-                    return
+                    if self._idle is None or self._stop_reason is not None:
+                        return
+                    if not await self._idle():
+                        return
+                    continue
                 done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # a bug in a series task must not pass silently
@@ -276,9 +298,8 @@ class Mirror:
         row, cloud, directory = work.row, work.cloud, work.directory
         uuid = row.crdc_series_uuid
 
-        async def listing() -> list[ObjectRow]:
-            listed = await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
-            return [ObjectRow(item.key, uuid, item.size, item.etag, directory) for item in listed]
+        async def listing() -> list[ListedObject]:
+            return await cloud.engine.list_series(cloud.bucket, uuid, row.instance_count)
 
         listed = await retrying(
             listing, self._options.retry, observer=self._observer, rng=self._rng,
@@ -286,6 +307,9 @@ class Mirror:
         )  # fmt: skip
         objects: list[ObjectRow] = []
         seen: set[str] = set()
+        work.checksums = {
+            item.key: item.checksum_algorithm for item in listed if item.checksum_algorithm
+        }
         for item in listed:
             try:
                 instance = parse_object_key(item.key, uuid)
@@ -293,7 +317,9 @@ class Mirror:
                 log.error(
                     "series %s: refusing object: %s", uuid, error, extra=about(uuid, item.key)
                 )
-                await self._queue.refuse_object(item, str(error))
+                await self._queue.refuse_object(
+                    ObjectRow(item.key, uuid, item.size, item.etag, directory), str(error)
+                )
                 continue
             if row.instances is not None and instance not in row.instances:
                 continue

@@ -21,7 +21,13 @@ from idc_sync.core.lifecycle import ObjectState
 from idc_sync.core.logs import about
 from idc_sync.core.model import ObjectResult, ObjectRow, SeriesRow, Source
 from idc_sync.core.retry import FailureClass, RetryExhausted, RetryPolicy
-from idc_sync.core.verify import Expected, expectation_from_listing, hashers_needed, verdict
+from idc_sync.core.verify import (
+    ChecksumMode,
+    Expected,
+    expectation_from_listing,
+    hashers_needed,
+    verdict,
+)
 from idc_sync.disk.retire import move_file
 from idc_sync.disk.storage import local_error
 from idc_sync.engines.base import Engine, FetchJob
@@ -83,6 +89,9 @@ class SeriesWork:
     relists: int = 0
     listing: int = 0  # counts listings, so objects that hit a 412 together share one re-list
     relisting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # key -> the full-object checksum algorithm the latest listing names (S3), for the
+    # objects that have one: the queue keeps no such column, and each run lists anew
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +149,7 @@ class ObjectPlacer:
         stop: Callable[[str], None],
         stopped: Callable[[], bool],
         relist: Relist,
+        checksum: ChecksumMode = "fastest",
     ) -> None:
         self._recorder = recorder
         self._retry = retry
@@ -150,6 +160,7 @@ class ObjectPlacer:
         self._stop = stop
         self._stopped = stopped
         self._relist = relist
+        self._checksum: ChecksumMode = checksum
 
     async def place(self, work: SeriesWork, obj: ObjectRow, on_disk: bool | None) -> None:
         """``on_disk``: whether the series' directory survey saw a file at the final path
@@ -184,8 +195,10 @@ class ObjectPlacer:
         self._recorder.add(ObjectResult(obj.key, state, last.attempts, reason))
         self._progress.file_finished(obj.size, fetched=False, ok=False)
 
-    def _expected(self, work: SeriesWork, obj: ObjectRow) -> Expected:
-        return expectation_from_listing(obj.etag, obj.size, from_s3=work.cloud.source == "aws")
+    def _expected(self, work: SeriesWork, obj: ObjectRow, cloud: Cloud) -> Expected:
+        return expectation_from_listing(
+            obj.etag, obj.size, from_s3=work.cloud.source == "aws", foreign=cloud is not work.cloud
+        )
 
     async def _from_cloud(
         self,
@@ -200,11 +213,15 @@ class ObjectPlacer:
         kept pending) or the retry budget is spent (what was tried, nothing recorded).
         ``failed_before``: this is the failover, after the series' own cloud gave up."""
         part_size = failed_before.part_size if failed_before is not None else None
-        now = _Try(obj, self._expected(work, obj), part_size, attempts, look_first)
+        now = _Try(obj, self._expected(work, obj, cloud), part_size, attempts, look_first)
 
         async def attempt() -> None:
             now.listing = work.listing
-            if now.expected.multipart_parts is not None and now.part_size is None:
+            if (
+                now.expected.multipart_parts is not None
+                and now.part_size is None
+                and not self._checked_by_listed_checksum(work, now)
+            ):
                 now.part_size = await cloud.engine.part_size(cloud.bucket, now.obj.key)
             if now.look_first:
                 now.look_first = False
@@ -220,7 +237,7 @@ class ObjectPlacer:
             if fresh is None:
                 return False
             # the listing was stale: try the object as listed now, no backoff
-            now.obj, now.expected, now.part_size = fresh, self._expected(work, fresh), None
+            now.obj, now.expected, now.part_size = fresh, self._expected(work, fresh, cloud), None
             return True
 
         try:
@@ -240,6 +257,17 @@ class ObjectPlacer:
             self._stop(str(failure.cause))
             self._recorder.add(ObjectResult(obj.key, None, now.attempts, str(failure.cause)))
         return None
+
+    def _checked_by_listed_checksum(self, work: SeriesWork, now: _Try) -> bool:
+        """Whether the object will be verified by the full-object checksum its listing
+        names, so the part size of its multipart ETag (a HEAD) is not needed. A file
+        already at its place is hashed before any request: it still needs the part size."""
+        return (
+            self._checksum == "fastest"
+            and not now.expected.foreign
+            and not now.look_first
+            and now.obj.key in work.checksums
+        )
 
     async def _already_here(self, work: SeriesWork, now: _Try) -> bool:
         """A file at the final path without a "done" row (a run killed after the rename, a
@@ -277,7 +305,10 @@ class ObjectPlacer:
         self, work: SeriesWork, cloud: Cloud, now: _Try, failed_before: Exhausted | None
     ) -> None:
         obj = now.obj
-        job = FetchJob(cloud.bucket, obj.key, now.expected, obj.path, now.part_size)
+        job = FetchJob(
+            cloud.bucket, obj.key, now.expected, obj.path, now.part_size, self._checksum,
+            None if now.expected.foreign else work.checksums.get(obj.key),
+        )  # fmt: skip
         result = await cloud.engine.fetch(job, self._progress.bytes_received)
         concerning = about(work.row.crdc_series_uuid, obj.key, source=cloud.source)
         if result.kind == "size-only":

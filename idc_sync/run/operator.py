@@ -16,8 +16,9 @@ from idc_sync.core.hashing import StreamHasher, hash_file
 from idc_sync.core.model import DoneObject, RetryCounts
 from idc_sync.core.verify import (
     COMMON_PART_SIZES,
+    FASTEST_FIRST,
     Expected,
-    GoogHash,
+    Published,
     expectation_from_listing,
     guess_part_size,
     hashers_needed,
@@ -77,9 +78,11 @@ def _multipart_part_sizes(size: int, parts: int) -> list[int]:
     return candidates
 
 
-def _hash_against(obj: DoneObject, expected: Expected, goog: GoogHash | None) -> Checked | Finding:
-    hasher = hashers_needed(expected, goog, None)
-    result = verdict(expected, hash_file(obj.path, hasher), goog)
+def _hash_against(
+    obj: DoneObject, expected: Expected, published: Published | None
+) -> Checked | Finding:
+    hasher = hashers_needed(expected, published, None)
+    result = verdict(expected, hash_file(obj.path, hasher), published)
     if not result.ok:
         return Finding(obj.key, str(obj.path), "corrupt", result.reason or "checksum mismatch")
     return "size-only" if result.kind == "size-only" else "ok"
@@ -100,11 +103,11 @@ def check_file(obj: DoneObject) -> Checked | Finding:
     checksum = obj.checksum or ""
     if obj.checksum_kind == "md5":
         return _hash_against(obj, Expected(obj.size, checksum, checksum, None), None)
-    if obj.checksum_kind == "crc32c":
-        # crc32c came from x-goog-hash; the ETag of such an object promises nothing
-        return _hash_against(
-            obj, Expected(obj.size, checksum, None, None), GoogHash(None, checksum)
-        )
+    if obj.checksum_kind == "crc32c" or obj.checksum_kind in FASTEST_FIRST:
+        # a checksum the server published (x-goog-hash, x-amz-checksum-*): the file is held
+        # to it alone, as when it was fetched
+        published = Published(**{f"{obj.checksum_kind}_b64": checksum}, header="recorded")
+        return _hash_against(obj, Expected(obj.size, checksum, None, None), published)
     if obj.checksum_kind == "multipart-md5":
         return _check_multipart(obj.path, expectation_from_listing(checksum, obj.size))
     return "size-only"

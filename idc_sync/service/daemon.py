@@ -25,17 +25,15 @@ from idc_sync.config import Settings
 from idc_sync.core.errors import ConfigurationError
 from idc_sync.core.logs import LOGGER, RecentProblems
 from idc_sync.core.units import size_text
-from idc_sync.engines.base import Engine
 from idc_sync.run.binding import bind
 from idc_sync.run.jobs import license_roots
-from idc_sync.run.mirror import Mirror
 from idc_sync.run.objects import RunSummary
 from idc_sync.run.plan import PlanCancelled, PlanOutcome, Resolved, plan_into, resolve_plan
-from idc_sync.run.round import run_round
+from idc_sync.run.round import Drainable, run_round
 from idc_sync.run.select import selection_of
 from idc_sync.service.freshness import LastComplete
 from idc_sync.service.httpapi import HttpServer
-from idc_sync.service.metrics import MeteredEngine, Metrics
+from idc_sync.service.metrics import Metrics
 from idc_sync.service.release_watch import ReleaseWatch
 from idc_sync.service.sdnotify import Notifier
 from idc_sync.service.status import Phase, StatusReport
@@ -85,7 +83,7 @@ class Daemon:
         self.last_round: RunSummary | None = None
         self._state: State | None = None
         self._first_plan: Resolved | None = None
-        self._mirror: Mirror | None = None
+        self._mirror: Drainable | None = None
         self._planned = False
         self._stop = asyncio.Event()
         self._replan = asyncio.Event()
@@ -285,20 +283,17 @@ class Daemon:
     async def _round(self) -> RunSummary:
         settings = self.settings
 
-        def started(mirror: Mirror) -> None:
+        def started(mirror: Drainable) -> None:
             self._mirror = mirror
             if self._stop.is_set():
                 mirror.drain("shutdown")
-
-        def metered(engine: Engine) -> Engine:
-            return MeteredEngine(engine, self.metrics)
 
         try:
             # as after a sync, a round that ran to its end retires what leaves the mirror
             # (per the `retired` policy) and rewrites the provenance manifest
             outcome = await run_round(
                 self._require_state(), settings, self.metrics, observer=self.metrics,
-                wrap=metered, started=started, finish=lambda: not self._stop.is_set(),
+                meter=self.metrics, started=started, finish=lambda: not self._stop.is_set(),
             )  # fmt: skip
         finally:
             self._mirror = None

@@ -6,8 +6,8 @@ mirror was last complete; the space left where it lives; the build, and the proc
 (CPU, memory, open files).
 Also the transfer rate over the last minute, for /status and its ETA.
 
-``Metrics`` is the progress sink and the failure observer the workers report to;
-``MeteredEngine`` wraps a transfer engine to time every request it makes."""
+``Metrics`` is the progress sink, the failure observer and the request meter the workers
+report to (engines/metered.py times every request)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,7 @@ from prometheus_client import (
 
 from idc_sync import __version__
 from idc_sync.core.errors import RELEASE_CHECK_REASONS
-from idc_sync.core.model import ListedObject
 from idc_sync.core.retry import FailureClass
-from idc_sync.core.verify import Verdict
-from idc_sync.engines.base import Engine, FetchJob, ProgressCallback
 
 PREFIX = "idc_sync"
 
@@ -263,6 +260,15 @@ class Metrics:
         else:
             self.reverified_files.inc()
 
+    # -- the request meter (engines/metered.py) ----------------------------------------
+
+    def request_started(self, kind: str) -> None:
+        self.in_flight.labels(kind).inc()
+
+    def request_finished(self, kind: str, outcome: str, seconds: float) -> None:
+        self.in_flight.labels(kind).dec()
+        self.latency.labels(kind, outcome).observe(seconds)
+
     # -- the failure observer ----------------------------------------------------------
 
     def attempt_failed(self, failure: FailureClass) -> None:
@@ -323,41 +329,3 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
-
-
-class MeteredEngine:
-    """A transfer engine that times each request and counts those in flight."""
-
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
-        self._engine = engine
-        self._metrics = metrics
-
-    async def list_series(
-        self, bucket: str, crdc_series_uuid: str, instance_count: int | None
-    ) -> list[ListedObject]:
-        with _Timed(self._metrics, "list"):
-            return await self._engine.list_series(bucket, crdc_series_uuid, instance_count)
-
-    async def part_size(self, bucket: str, key: str) -> int:
-        with _Timed(self._metrics, "head"):
-            return await self._engine.part_size(bucket, key)
-
-    async def fetch(self, job: FetchJob, on_bytes: ProgressCallback) -> Verdict:
-        with _Timed(self._metrics, "get"):
-            return await self._engine.fetch(job, on_bytes)
-
-
-class _Timed:
-    def __init__(self, metrics: Metrics, kind: str) -> None:
-        self._metrics, self._kind = metrics, kind
-        self._start = 0.0
-
-    def __enter__(self) -> None:
-        self._metrics.in_flight.labels(self._kind).inc()
-        self._start = time.perf_counter()
-
-    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        elapsed = time.perf_counter() - self._start
-        self._metrics.in_flight.labels(self._kind).dec()
-        outcome = "ok" if kind is None else "error"
-        self._metrics.latency.labels(self._kind, outcome).observe(elapsed)

@@ -34,6 +34,8 @@ MIGRATIONS = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 Params = Mapping[str, Any]
+# How long a write transaction may wait for another process's write lock in all.
+BUSY_SECONDS = 60.0
 
 
 @cache
@@ -214,7 +216,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[None]:
         """One write transaction; everything in it is committed together or not at all."""
         async with self._write_lock:
-            await self._guarded(self._writer.execute("BEGIN IMMEDIATE"))
+            await self._begin()
             try:
                 yield
                 await self._guarded(self._writer.execute("COMMIT"))
@@ -225,6 +227,42 @@ class Database:
                     with contextlib.suppress(sqlite3.Error):
                         await self._writer.execute("ROLLBACK")
                 raise
+
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE, never left open by a cancelled caller: the statement runs on
+        aiosqlite's thread whether or not we still wait, and a transaction nobody ends
+        holds SQLite's write lock against every other process of the round (and fails this
+        connection's next BEGIN: "cannot start a transaction within a transaction")."""
+        begin = asyncio.ensure_future(self._begin_waiting())
+        try:
+            await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await begin
+            if self._writer.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.execute("ROLLBACK")
+            raise
+
+    async def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting out another process's write lock. SQLite's busy
+        handler waits busy_timeout for a plain lock, but some moments of a WAL database
+        (another connection closing, and checkpointing as it goes) answer SQLITE_BUSY at
+        once; with worker processes writing beside us, that is a moment to wait, too."""
+        deadline = asyncio.get_running_loop().time() + BUSY_SECONDS
+        pause = 0.005
+        while True:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                busy = "locked" in str(error).lower() or "busy" in str(error).lower()
+                if not busy or asyncio.get_running_loop().time() > deadline:
+                    raise storage_error(error, self.path) from None
+            except sqlite3.Error as error:
+                raise storage_error(error, self.path) from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
 
     async def _guarded(self, call: Any) -> Any:
         try:

@@ -66,6 +66,12 @@ class Queue:
                 "renew_leases", {"owner": owner, "expires": time.time() + lease_seconds}
             )
 
+    async def release_leases(self, owner: str) -> int:
+        """Queue again every series ``owner`` still holds (its process is gone); returns
+        how many."""
+        async with self._db.transaction():
+            return await self._db.execute("release_leases", {"owner": owner})
+
     async def requeue_unfinished(self) -> None:
         """Give every selected, unfinished series another go in this run: objects that
         failed for transient reasons are retried; quarantined and refused ones stay."""

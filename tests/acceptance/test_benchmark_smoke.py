@@ -46,3 +46,32 @@ def test_benchmark_mirrors_the_tiny_workload_with_idc_sync_and_s5cmd(tmp_path: P
         assert run["files"] == 47
         assert min(run["wall"], run["cpu"], run["max_rss_mb"]) > 0
     assert "| tiny | s5cmd |" in finished.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("nginx", path="/usr/sbin:/usr/bin") is None or not PERL_MODULE.exists(),
+    reason="needs nginx with the perl module (apt-get install nginx libnginx-mod-http-perl)",
+)
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="needs GNU time")
+def test_the_benchmark_servers_publish_crcs_and_idc_sync_verifies_by_them(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "report.json"
+    finished = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            *("--workload", "tiny-gcs", "--workload", "tiny-crc", "--runs", "1"),
+            *("--tools", "idc-sync", "--base", str(tmp_path / "bench"), "--json", str(report)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    results = {r["workload"]: r for r in json.loads(report.read_text())["results"]}
+    assert results["tiny-gcs"]["runs"][0]["verified_by"] == {"crc32c": 47}
+    assert results["tiny-crc"]["runs"][0]["verified_by"] == {"crc64nvme": 47}
+    assert all(result["complete"] for result in results.values())

@@ -243,7 +243,8 @@ def test_every_commented_out_example_setting_is_valid(tmp_path: Path) -> None:
     assert settings.endpoints.aws == Settings().endpoints.aws
     tuning = ("concurrency", "series_concurrency", "max_attempts", "max_integrity_attempts",
               "lease_seconds", "log_level", "log_format", "retired", "replan_interval",
-              "drain_seconds", "max_bytes_per_second", "http", "failover", "engine")  # fmt: skip
+              "drain_seconds", "max_bytes_per_second", "http", "failover", "engine",
+              "workers", "checksum")  # fmt: skip
     # "shown with the defaults": they are the defaults
     assert {k: getattr(settings, k) for k in tuning} == {k: getattr(Settings(), k) for k in tuning}
     assert settings.retired_path == settings.state_path / "retired"

@@ -133,6 +133,8 @@ def add_every_fault(
             )
     if server.flavour == "gcs":
         server.faults.add("bad_goog_hash", rate=rate, on=["GET"])
+    elif server.checksum_algorithm is not None:
+        server.faults.add("bad_amz_checksum", rate=rate, on=["GET"])
 
 
 def sync_until_complete(settings: Settings, runs: int = 6) -> list[SyncReport]:
@@ -149,24 +151,27 @@ def sync_until_complete(settings: Settings, runs: int = 6) -> list[SyncReport]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flavour", ["s3", "gcs"])
+@pytest.mark.parametrize("flavour", ["s3", "s3-crc64nvme", "gcs"])
 @pytest.mark.usefixtures("fast_backoff")
 def test_every_fault_class_at_5_percent_ends_byte_identical_and_exit_0(
     tmp_path: Path, flavour: str
 ) -> None:
     rows = dataset.selection("qin_pet_phantom_small")
-    if flavour == "gcs":
+    if flavour != "s3":
         rows = rows[:2]
-    with S3TestServer("gcs" if flavour == "gcs" else "s3", seed=4, goog_hash="two") as server:
+    crc = "CRC64NVME" if flavour == "s3-crc64nvme" else None
+    with S3TestServer(
+        "gcs" if flavour == "gcs" else "s3", seed=4, goog_hash="two", checksum_algorithm=crc
+    ) as server:
         uploaded = dataset.populate(server, rows)
         # GCS is not pinned with If-Match, so a wrong listing ETag is an integrity failure
         # there and ends quarantined (waiting for retry-failed): listing faults run on S3.
-        add_every_fault(server, rows, listings=flavour == "s3")
+        add_every_fault(server, rows, listings=flavour != "gcs")
         settings = settings_for(
             tmp_path,
             server.endpoint,
             rows,
-            source="aws" if flavour == "s3" else "gcs",
+            source="gcs" if flavour == "gcs" else "aws",
             max_attempts=MAX_ATTEMPTS,
             max_integrity_attempts=MAX_INTEGRITY_ATTEMPTS,
         )
@@ -183,10 +188,14 @@ def test_every_fault_class_at_5_percent_ends_byte_identical_and_exit_0(
     assert no_temp_files(settings.mirror_root) == []
     done = state_rows(settings, "SELECT COUNT(*) FROM object WHERE state = 'done'")
     assert done == [(len(uploaded),)]
-    assert kinds == [("md5", len(uploaded))], "a file was accepted without its checksum"
-    expected_kinds = set(OBJECT_FAULTS) | (set(LISTING_FAULTS) if flavour == "s3" else set())
+    # each verified by the cheapest checksum its source publishes, none by size alone
+    kind = {"s3": "md5", "s3-crc64nvme": "crc64nvme", "gcs": "crc32c"}[flavour]
+    assert kinds == [(kind, len(uploaded))], "a file was accepted without its checksum"
+    expected_kinds = set(OBJECT_FAULTS) | (set(LISTING_FAULTS) if flavour != "gcs" else set())
     if flavour == "gcs":
         expected_kinds.add("bad_goog_hash")
+    if flavour == "s3-crc64nvme":
+        expected_kinds.add("bad_amz_checksum")
     assert expected_kinds <= set(counts), f"never fired: {expected_kinds - set(counts)}"
     # and the CLI, from the state alone, agrees: exit 0
     final = cli("status", "--destination", str(settings.mirror_root), "--json")
@@ -420,7 +429,8 @@ def test_eio_from_fsync_discards_that_file_and_fetches_it_again(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    settings = settings_for(tmp_path, s3_server.endpoint, rows)
+    # one event loop: the fsync patched here is this process's
+    settings = settings_for(tmp_path, s3_server.endpoint, rows, workers=1)
 
     report = run(settings)
 

@@ -17,7 +17,7 @@ from idc_sync.core.retry import FailureClass, classify_exception
 from idc_sync.engines.native import NativeEngine
 from idc_sync.net.options import NetOptions
 from idc_sync.net.wire import LowSpeed
-from tests.support.moto import moto_put
+from tests.support.moto import moto_put, signed_client
 from tests.support.s3server import S3TestServer
 
 # no byte for 10 s fails an attempt
@@ -96,8 +96,18 @@ def test_moto_listing_round_trips_through_the_engine(moto_endpoint: str) -> None
 
     found = listing(moto_endpoint, "idc-open-data-two", series)
 
+    # botocore's reading of the same listing: the checksum S3 (moto) stores for each object
+    pages = signed_client(moto_endpoint).list_objects_v2(
+        Bucket="idc-open-data-two", Prefix=f"{series}/"
+    )
+    algorithms = {
+        item["Key"]: (item.get("ChecksumAlgorithm") or [None])[0] for item in pages["Contents"]
+    }
     assert sorted(found, key=str) == sorted(
-        (ListedObject(key, len(data), hashlib.md5(data).hexdigest()) for key, data in keys.items()),
+        (
+            ListedObject(key, len(data), hashlib.md5(data).hexdigest(), algorithms[key])
+            for key, data in keys.items()
+        ),
         key=str,
     )
 
@@ -137,3 +147,35 @@ def test_listing_faults_are_retryable(s3_server: S3TestServer, fault: str) -> No
 def test_a_missing_bucket_is_permanent(s3_server: S3TestServer) -> None:
     with pytest.raises(PermanentError, match="NoSuchBucket"):
         listing(s3_server.endpoint, "no-such-bucket")
+
+
+@pytest.mark.parametrize(
+    ("fields", "etag", "algorithm"),
+    [
+        (
+            "<ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType>",
+            "abc",
+            "CRC64NVME",
+        ),
+        (
+            "<ChecksumAlgorithm>CRC32C</ChecksumAlgorithm><ChecksumType>COMPOSITE</ChecksumType>",
+            "abc-3",
+            None,
+        ),
+        # without ChecksumType: an older upload's checksum covers the object unless multipart
+        ("<ChecksumAlgorithm>CRC32</ChecksumAlgorithm>", "abc", "CRC32"),
+        ("<ChecksumAlgorithm>SHA256</ChecksumAlgorithm>", "abc-2", None),
+        ("<ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm>", "abc-2", "CRC64NVME"),
+        ("<ChecksumAlgorithm>SHA1</ChecksumAlgorithm>", "abc", None),
+        ("", "abc", None),
+    ],
+)
+def test_a_listed_full_object_checksum_algorithm_is_kept(
+    fields: str, etag: str, algorithm: str | None
+) -> None:
+    entry = (
+        f"<Contents><Key>a/1.dcm</Key><ETag>&quot;{etag}&quot;</ETag>{fields}"
+        "<Size>3</Size></Contents>"
+    )
+    (listed,) = parse_list_page(page(entry)).objects
+    assert listed.checksum_algorithm == algorithm

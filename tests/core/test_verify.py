@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from idc_sync.core.hashing import Digests, StreamHasher, crc32c_is_native, hash_file
+from idc_sync.core.hashing import Digests, StreamHasher, hash_file
 from idc_sync.core.verify import (
     COMMON_PART_SIZES,
     MIB,
     Expected,
-    GoogHash,
+    Published,
     Verdict,
     VerdictKind,
     expectation_from_listing,
@@ -28,8 +28,10 @@ from idc_sync.core.verify import (
     hashers_needed,
     multipart_etag_possible,
     multipart_part_size_valid,
+    parse_amz_checksums,
     parse_goog_hash,
     part_count,
+    published_checksums,
     verdict,
 )
 
@@ -114,21 +116,21 @@ HELLO_CRC32C = b64(bytes.fromhex("c99465aa"))
 
 def test_goog_hash_on_one_header_line() -> None:
     goog = parse_goog_hash([f"crc32c={HELLO_CRC32C},md5={md5_b64(HELLO)}"])
-    assert goog == GoogHash(md5_b64=md5_b64(HELLO), crc32c_b64=HELLO_CRC32C)
+    assert goog == Published(md5_b64=md5_b64(HELLO), crc32c_b64=HELLO_CRC32C)
 
 
 def test_goog_hash_on_two_header_lines_equals_one_line() -> None:
     two_lines = parse_goog_hash([f"crc32c={HELLO_CRC32C}", f"md5={md5_b64(HELLO)}"])
     one_line = parse_goog_hash([f" md5={md5_b64(HELLO)} , crc32c={HELLO_CRC32C} "])
-    assert two_lines == one_line == GoogHash(md5_b64(HELLO), HELLO_CRC32C)
+    assert two_lines == one_line == Published(md5_b64(HELLO), HELLO_CRC32C)
 
 
 def test_composite_object_has_crc32c_and_no_md5() -> None:
-    assert parse_goog_hash([f"crc32c={HELLO_CRC32C}"]) == GoogHash(None, HELLO_CRC32C)
+    assert parse_goog_hash([f"crc32c={HELLO_CRC32C}"]) == Published(None, HELLO_CRC32C)
 
 
 def test_no_header_gives_no_hashes() -> None:
-    assert parse_goog_hash([]) == GoogHash(None, None)
+    assert parse_goog_hash([]) == Published(None, None)
 
 
 @pytest.mark.parametrize(
@@ -147,13 +149,13 @@ def test_no_header_gives_no_hashes() -> None:
 )
 def test_malformed_goog_hash_items_are_ignored(junk: str) -> None:
     goog = parse_goog_hash([f"{junk},crc32c={HELLO_CRC32C}", junk, f"md5={md5_b64(HELLO)}"])
-    assert goog == GoogHash(md5_b64(HELLO), HELLO_CRC32C)
+    assert goog == Published(md5_b64(HELLO), HELLO_CRC32C)
 
 
 def test_conflicting_duplicate_makes_that_hash_unusable_only() -> None:
     other = md5_b64(b"something else")
     goog = parse_goog_hash([f"crc32c={HELLO_CRC32C},md5={md5_b64(HELLO)}", f"md5={other}"])
-    assert goog == GoogHash(md5_b64=None, crc32c_b64=HELLO_CRC32C)
+    assert goog == Published(md5_b64=None, crc32c_b64=HELLO_CRC32C)
 
 
 def test_identical_duplicate_is_harmless() -> None:
@@ -167,15 +169,39 @@ def test_goog_hash_round_trips_any_digest_in_either_form(
 ) -> None:
     items = [f"crc32c={b64(crc)}", f"md5={b64(md5)}"]
     goog = parse_goog_hash([",".join(items)] if one_line else items)
-    assert goog == GoogHash(b64(md5), b64(crc))
+    assert goog == Published(b64(md5), b64(crc))
 
 
 # --- CRC32C ---------------------------------------------------------------------------------
 
 
-def test_crc32c_uses_the_c_extension() -> None:
-    assert google_crc32c.implementation == "c"
-    assert crc32c_is_native()
+@given(st.binary(max_size=5000), st.integers(min_value=1, max_value=700))
+def test_crc32c_in_chunks_agrees_with_google_crc32c(data: bytes, chunk: int) -> None:
+    hasher = StreamHasher(md5=False, crc32c=True)
+    for start in range(0, len(data), chunk):
+        hasher.update(bytearray(data[start : start + chunk]))
+    assert hasher.digests().crc32c_b64 == b64(google_crc32c.value(data).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(
+    ("flag", "field", "expected"),
+    [
+        # the catalogued check values of each CRC over "123456789"
+        ("crc64nvme", "crc64nvme_b64", b64(bytes.fromhex("ae8b14860a799888"))),
+        ("crc32", "crc32_b64", b64(bytes.fromhex("cbf43926"))),
+        ("sha256", "sha256_b64", b64(hashlib.sha256(b"123456789").digest())),
+    ],
+)
+def test_s3_checksums_match_their_check_values_in_s3_form(
+    flag: str, field: str, expected: str
+) -> None:
+    hasher = StreamHasher(md5=False, **{flag: True})
+    hasher.update(b"1234")
+    hasher.update(memoryview(bytearray(b"xx56789"))[2:])
+    digests = hasher.digests()
+    assert getattr(digests, field) == expected
+    assert digests.md5_hex is None
+    assert hasher.computes == {flag}
 
 
 @pytest.mark.parametrize(
@@ -319,14 +345,22 @@ def test_a_guessed_part_size_always_reproduces_the_part_count(size: int, parts: 
 # --- hashers_needed and verdict ---------------------------------------------------------------
 
 
-def test_md5_etag_needs_only_md5() -> None:
+def test_md5_etag_needs_only_md5_when_the_operator_insists_on_md5() -> None:
     data = payload(1000)
     expected = expectation_from_listing(hashlib.md5(data).hexdigest(), len(data))
-    goog = GoogHash(md5_b64(data), HELLO_CRC32C)
-    hasher = hashers_needed(expected, goog, part_size=None)
+    goog = Published(md5_b64(data), HELLO_CRC32C)
+    hasher = hashers_needed(expected, goog, part_size=None, mode="md5")
     assert hasher.computes == {"md5"}
-    result = verdict(expected, hash_all(hasher, data), goog)
+    result = verdict(expected, hash_all(hasher, data), goog, mode="md5")
     assert result == passed("md5", hashlib.md5(data).hexdigest())
+
+
+def test_md5_etag_alone_needs_only_md5() -> None:
+    data = payload(1000)
+    expected = expectation_from_listing(hashlib.md5(data).hexdigest(), len(data))
+    hasher = hashers_needed(expected, None, part_size=None)
+    assert hasher.computes == {"md5"}
+    assert verdict(expected, hash_all(hasher, data)) == passed("md5", hashlib.md5(data).hexdigest())
 
 
 def test_md5_mismatch_names_expected_and_got() -> None:
@@ -355,7 +389,7 @@ def test_size_mismatch_fails_before_any_hash_and_states_both_sizes() -> None:
 def test_etag_md5_and_gcs_md5_must_both_agree() -> None:
     data = payload(1000)
     expected = expectation_from_listing(hashlib.md5(data).hexdigest(), len(data))
-    contradicting = GoogHash(md5_b64(b"other bytes"), None)
+    contradicting = Published(md5_b64(b"other bytes"), None)
     result = verdict(
         expected, hash_all(hashers_needed(expected, contradicting, None), data), contradicting
     )
@@ -438,7 +472,7 @@ def test_a_multipart_etag_the_size_cannot_have_is_refused_when_nothing_else_chec
 def test_a_multipart_etag_the_size_cannot_have_defers_to_the_gcs_md5() -> None:
     data = payload(3000)
     expected = expectation_from_listing(hashlib.md5(b"other").hexdigest() + "-2", len(data))
-    goog = GoogHash(md5_b64(data), None)
+    goog = Published(md5_b64(data), None)
     result = verdict(expected, hash_all(hashers_needed(expected, goog, None), data), goog)
     assert result == Verdict(
         ok=True,
@@ -486,7 +520,7 @@ def test_an_s3_listing_md5_holds_even_when_gcs_serves_a_composite_object() -> No
     data = payload(700)
     other = bytes([data[0] ^ 0xFF]) + data[1:]
     md5 = hashlib.md5(data).hexdigest()
-    goog_of_other = GoogHash(None, b64(google_crc32c.value(other).to_bytes(4, "big")))
+    goog_of_other = Published(None, b64(google_crc32c.value(other).to_bytes(4, "big")))
     from_gcs = expectation_from_listing(md5, len(data))
     from_s3 = expectation_from_listing(md5, len(data), from_s3=True)
     assert from_s3.etag_from_s3
@@ -500,19 +534,19 @@ def test_an_s3_listing_md5_holds_even_when_gcs_serves_a_composite_object() -> No
     assert not strict.ok
     assert strict.reason is not None
     assert strict.reason.startswith("md5 (ETag) mismatch")
-    goog = GoogHash(None, b64(google_crc32c.value(data).to_bytes(4, "big")))
+    goog = Published(None, b64(google_crc32c.value(data).to_bytes(4, "big")))
     assert verdict(from_s3, hash_all(hashers_needed(from_s3, goog, None), data), goog) == (
         passed("md5", md5)
     )
 
 
-def test_gcs_md5_is_used_when_the_etag_promises_nothing() -> None:
+def test_gcs_md5_is_used_when_the_etag_promises_nothing_and_md5_is_asked_for() -> None:
     data = payload(700)
     expected = expectation_from_listing("CJ3Qm6j7x/ECEAE=", len(data))
-    goog = GoogHash(md5_b64(data), b64(bytes(4)))
-    hasher = hashers_needed(expected, goog, None)
+    goog = Published(md5_b64(data), b64(bytes(4)))
+    hasher = hashers_needed(expected, goog, None, mode="md5")
     assert hasher.computes == {"md5"}
-    assert verdict(expected, hash_all(hasher, data), goog) == passed(
+    assert verdict(expected, hash_all(hasher, data), goog, mode="md5") == passed(
         "md5", hashlib.md5(data).hexdigest()
     )
 
@@ -556,8 +590,8 @@ def test_any_single_bit_flip_is_caught(data: bytes, draw: st.DataObject) -> None
     for etag, goog in [
         (hashlib.md5(data).hexdigest(), None),
         (reference_multipart_etag(data, 64), None),
-        ("opaque", GoogHash(md5_b64(data), None)),
-        ("opaque", GoogHash(None, hash_all(StreamHasher(False, True), data).crc32c_b64)),
+        ("opaque", Published(md5_b64(data), None)),
+        ("opaque", Published(None, hash_all(StreamHasher(False, True), data).crc32c_b64)),
     ]:
         expected = expectation_from_listing(etag, len(data))
         good = verdict(expected, hash_all(hashers_needed(expected, goog, 64), data), goog)
@@ -592,3 +626,117 @@ def test_hash_file_refuses_a_used_hasher(tmp_path: Path) -> None:
     hasher.update(b"x")
     with pytest.raises(ValueError, match="fresh"):
         hash_file(path, hasher)
+
+
+# --- published checksums: the cheapest first --------------------------------------------------
+
+
+def amz_b64(algorithm: str, data: bytes) -> str:
+    from tests.support.s3server import amz_checksum
+
+    return amz_checksum(algorithm, data)
+
+
+def test_every_s3_checksum_header_is_read_and_composite_ones_are_not() -> None:
+    data = payload(300)
+    headers = [
+        ("x-amz-checksum-crc64nvme", amz_b64("CRC64NVME", data)),
+        ("x-amz-checksum-crc32c", amz_b64("CRC32C", data)),
+        ("x-amz-checksum-crc32", amz_b64("CRC32", data)),
+        ("x-amz-checksum-sha256", amz_b64("SHA256", data)),
+        ("x-amz-checksum-type", "FULL_OBJECT"),
+    ]
+    published = parse_amz_checksums(headers)
+    assert published == Published(
+        crc32c_b64=amz_b64("CRC32C", data), crc64nvme_b64=amz_b64("CRC64NVME", data),
+        crc32_b64=amz_b64("CRC32", data), sha256_b64=amz_b64("SHA256", data),
+        header="x-amz-checksum",
+    )  # fmt: skip
+    assert parse_amz_checksums([*headers[:1], ("x-amz-checksum-type", "COMPOSITE")]) is None
+    # a checksum of part checksums carries its part count; it is not the bytes' checksum
+    assert parse_amz_checksums([("x-amz-checksum-crc32c", f"{amz_b64('CRC32C', data)}-3")]) is None
+    assert parse_amz_checksums([("x-amz-checksum-crc32", "not base64!")]) is None
+    assert parse_amz_checksums([("etag", '"abc"')]) is None
+    twice = [("x-amz-checksum-crc32", amz_b64("CRC32", data)), ("x-amz-checksum-crc32", "AAAAAA==")]
+    assert parse_amz_checksums(twice) is None  # two values: neither is trusted
+
+
+def test_x_goog_hash_wins_over_s3_headers_only_on_a_gcs_answer() -> None:
+    goog = published_checksums([("x-goog-hash", f"crc32c={HELLO_CRC32C}")])
+    assert goog == Published(crc32c_b64=HELLO_CRC32C)
+    assert published_checksums([("content-length", "5")]) is None
+
+
+@pytest.mark.parametrize(
+    ("names", "chosen"),
+    [
+        (("CRC64NVME", "CRC32C", "CRC32", "SHA256"), "crc64nvme"),
+        (("CRC32C", "CRC32", "SHA256"), "crc32c"),
+        (("CRC32", "SHA256"), "crc32"),
+        (("SHA256",), "sha256"),
+    ],
+)
+def test_the_cheapest_published_checksum_is_hashed_instead_of_the_md5_etag(
+    names: tuple[str, ...], chosen: str
+) -> None:
+    data = payload(5000)
+    expected = expectation_from_listing(hashlib.md5(data).hexdigest(), len(data), from_s3=True)
+    published = parse_amz_checksums(
+        [(f"x-amz-checksum-{name.lower()}", amz_b64(name, data)) for name in names]
+    )
+    hasher = hashers_needed(expected, published, None)
+    assert hasher.computes == {chosen}
+    result = verdict(expected, hash_all(hasher, data), published)
+    assert result == passed(chosen, amz_b64(chosen.upper(), data))  # type: ignore[arg-type]
+    damaged = bytes([data[0] ^ 1]) + data[1:]
+    bad = verdict(expected, hash_all(hashers_needed(expected, published, None), damaged), published)
+    assert not bad.ok
+    assert bad.kind == chosen
+    assert bad.reason is not None
+    assert bad.reason.startswith(f"{chosen} (x-amz-checksum-{chosen}) mismatch")
+
+
+def test_gcs_crc32c_is_hashed_instead_of_its_md5_by_default() -> None:
+    data = payload(2000)
+    expected = expectation_from_listing(hashlib.md5(data).hexdigest(), len(data))
+    goog = Published(md5_b64(data), b64(google_crc32c.value(data).to_bytes(4, "big")))
+    hasher = hashers_needed(expected, goog, None)
+    assert hasher.computes == {"crc32c"}
+    assert verdict(expected, hash_all(hasher, data), goog) == passed(
+        "crc32c", goog.crc32c_b64 or ""
+    )
+
+
+def test_a_multipart_object_with_a_full_object_crc_needs_no_part_size() -> None:
+    data = payload(3000)
+    expected = expectation_from_listing(reference_multipart_etag(data, 1000), len(data))
+    published = parse_amz_checksums([("x-amz-checksum-crc64nvme", amz_b64("CRC64NVME", data))])
+    hasher = hashers_needed(expected, published, None)
+    assert hasher.computes == {"crc64nvme"}
+    assert hasher.part_size is None
+    assert verdict(expected, hash_all(hasher, data), published).kind == "crc64nvme"
+
+
+def test_md5_mode_and_bytes_from_the_other_cloud_keep_to_the_listing_md5() -> None:
+    data = payload(2000)
+    md5 = hashlib.md5(data).hexdigest()
+    published = parse_amz_checksums([("x-amz-checksum-crc64nvme", amz_b64("CRC64NVME", data))])
+    insisting = expectation_from_listing(md5, len(data))
+    assert hashers_needed(insisting, published, None, mode="md5").computes == {"md5"}
+    assert verdict(insisting, hash_all(StreamHasher(), data), published, mode="md5") == passed(
+        "md5", md5
+    )
+    # failover: S3 serves what GCS listed; S3's own CRC is no promise about the GCS listing
+    foreign = expectation_from_listing(md5, len(data), foreign=True)
+    assert hashers_needed(foreign, published, None).computes == {"md5"}
+    opaque = expectation_from_listing("CJ3Qm6j7x/ECEAE=", len(data), foreign=True)
+    assert hashers_needed(opaque, published, None).computes == frozenset()
+
+
+def test_md5_mode_falls_back_to_a_published_crc_when_nothing_md5_shaped_exists() -> None:
+    data = payload(2000)
+    expected = expectation_from_listing("CJ3Qm6j7x/ECEAE=", len(data))
+    published = parse_amz_checksums([("x-amz-checksum-crc32", amz_b64("CRC32", data))])
+    hasher = hashers_needed(expected, published, None, mode="md5")
+    assert hasher.computes == {"crc32"}
+    assert verdict(expected, hash_all(hasher, data), published, mode="md5").kind == "crc32"

@@ -13,6 +13,7 @@ import pytest
 
 from idc_sync.core.errors import IntegrityError, PermanentError, RetryableError
 from idc_sync.core.verify import Verdict, expectation_from_listing
+from idc_sync.disk.storage import TempFile
 from idc_sync.engines.base import FetchJob
 from idc_sync.engines.native import NativeEngine
 from idc_sync.net.options import NetOptions
@@ -223,3 +224,92 @@ def test_cancelling_a_large_transfer_stops_its_threads_and_discards_the_temp_fil
 
     assert took < 10  # not the 30 s stall nor the 60 s read timeout
     assert leftovers(final.parent) == []
+
+
+def test_a_large_multipart_object_with_a_stored_crc64nvme_asks_a_head_for_it(
+    tmp_path: Path,
+) -> None:
+    data = payload(5 * MIB + 4321)
+    with S3TestServer("s3") as server:
+        stored = server.put(BUCKET, KEY, data, part_size=2 * MIB, checksum_algorithm="CRC64NVME")
+        final = tmp_path / "series" / "instance.dcm"
+
+        async def go() -> Verdict:
+            engine = NativeEngine(
+                server.endpoint, concurrency=4, small_object=MIB, range_bytes=MIB,
+                range_streams=3, network=FAST, ask_checksums=True,
+            )  # fmt: skip
+            async with engine:
+                expected = expectation_from_listing(stored.etag, len(data), from_s3=True)
+                job = FetchJob(BUCKET, KEY, expected, final, listed_checksum="CRC64NVME")
+                return await engine.fetch(job, lambda count: None)
+
+        result = asyncio.run(go())
+
+        assert result.ok
+        assert result.kind == "crc64nvme"
+        assert final.read_bytes() == data
+        heads = [r for r in server.requests() if r.kind == "HEAD"]
+        assert len(heads) == 1
+        assert heads[0].headers["x-amz-checksum-mode"] == ["ENABLED"]
+        assert "partNumber" not in heads[0].query  # the part size is not needed
+        # ranges hold whole 2 MiB parts, in case the parts have to be hashed
+        assert len([r for r in server.requests() if r.kind == "GET"]) == 3
+
+
+def test_a_large_object_whose_crc_does_not_match_is_never_placed(tmp_path: Path) -> None:
+    data = payload(3 * MIB + 99)
+    with S3TestServer("s3") as server:
+        stored = server.put(BUCKET, KEY, data, checksum_algorithm="CRC32C")
+        server.faults.add("bad_amz_checksum", on=["HEAD"], times=1)
+        final = tmp_path / "series" / "instance.dcm"
+
+        async def go() -> Verdict:
+            engine = NativeEngine(
+                server.endpoint, concurrency=4, small_object=MIB, range_bytes=MIB,
+                network=FAST, ask_checksums=True,
+            )  # fmt: skip
+            async with engine:
+                expected = expectation_from_listing(stored.etag, len(data), from_s3=True)
+                job = FetchJob(BUCKET, KEY, expected, final, listed_checksum="CRC32C")
+                return await engine.fetch(job, lambda count: None)
+
+        with pytest.raises(IntegrityError, match=r"crc32c \(x-amz-checksum-crc32c\) mismatch"):
+            asyncio.run(go())
+        assert not final.exists()
+        assert leftovers(final.parent) == []
+
+
+@pytest.mark.parametrize(("listed", "pieces"), [(None, True), ("CRC32C", True), ("SHA256", False)])
+def test_a_large_object_is_hashed_on_the_range_threads_unless_its_checksum_cannot_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str | None, pieces: bool
+) -> None:
+    data = payload(6 * MIB + 1000)
+    read_back: list[int] = []
+    real = TempFile.read_into
+
+    def counting(self: TempFile, buffer: memoryview, offset: int) -> int:
+        read_back.append(offset)
+        return real(self, buffer, offset)
+
+    monkeypatch.setattr(TempFile, "read_into", counting)
+    with S3TestServer("s3") as server:
+        stored = server.put(BUCKET, KEY, data, part_size=MIB, checksum_algorithm=listed)
+        final = tmp_path / "series" / "instance.dcm"
+
+        async def go() -> Verdict:
+            engine = NativeEngine(
+                server.endpoint, concurrency=4, small_object=MIB, range_bytes=2 * MIB + 5,
+                range_streams=3, network=FAST, ask_checksums=True,
+            )  # fmt: skip
+            async with engine:
+                expected = expectation_from_listing(stored.etag, len(data), from_s3=True)
+                job = FetchJob(BUCKET, KEY, expected, final, MIB, listed_checksum=listed)
+                return await engine.fetch(job, lambda count: None)
+
+        result = asyncio.run(go())
+
+    assert result.ok
+    assert result.kind == {None: "multipart-md5", "CRC32C": "crc32c", "SHA256": "sha256"}[listed]
+    assert final.read_bytes() == data
+    assert (read_back == []) is pieces  # pieces: no byte read back from the temp file

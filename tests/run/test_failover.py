@@ -205,7 +205,10 @@ def test_gcs_as_source_fails_over_to_aws_with_the_gcs_md5(
     assert gets(s3_server) == set(keys[:3])
     # no If-Match to AWS: the GCS listing's ETag is compared with the bytes instead
     assert all("if-match" not in r.headers for r in s3_server.requests() if r.kind == "GET")
-    assert {kind for _, kind, _ in object_rows(settings).values()} == {"md5"}
+    kinds = {key: kind for key, (_, kind, _) in object_rows(settings).items()}
+    # the three from AWS are held to the GCS listing's md5; the rest to GCS's own crc32c
+    assert {kinds[key] for key in keys[:3]} == {"md5"}
+    assert {kinds[key] for key in keys[3:]} == {"crc32c"}
 
 
 # -- a 412 re-lists the series --------------------------------------------------------------

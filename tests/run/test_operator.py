@@ -22,7 +22,7 @@ from idc_sync.run.operator import Finding, check_file
 from idc_sync.state.lock import StateLock
 from tests.support import dataset
 from tests.support.mirror import assert_mirrored, expected_path, settings_for, state_rows
-from tests.support.s3server import S3TestServer, multipart_etag
+from tests.support.s3server import S3TestServer, amz_checksum, multipart_etag
 
 MIB = 1024 * 1024
 
@@ -69,6 +69,10 @@ DATA = os.urandom(3 * MIB + 12345)
             id="crc32c",
         ),
         pytest.param("multipart-md5", multipart_etag(DATA, 1 * MIB), id="multipart-1MiB"),
+        *(
+            pytest.param(algorithm.lower(), amz_checksum(algorithm, DATA), id=algorithm)
+            for algorithm in ("CRC64NVME", "CRC32C", "CRC32", "SHA256")
+        ),
     ],
 )
 def test_check_file_accepts_the_recorded_bytes_and_finds_one_flipped_byte(

@@ -88,15 +88,19 @@ def test_a_second_daemon_on_the_same_state_names_the_holder_and_fails(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_drain_lets_in_flight_files_finish_claims_nothing_new_and_exits_0(
-    tmp_path: Path, s3_server: S3TestServer
+    tmp_path: Path, s3_server: S3TestServer, workers: int
 ) -> None:
     rows = dataset.selection("qin_pet_phantom_small")[:1]  # 81 files
     uploaded = dataset.populate(s3_server, rows)
     s3_server.faults.add("latency", seconds=1.0, on=["GET"])
+    # four objects in flight in whichever event loop (this process, or a worker process)
+    # leases the one series
     settings = daemon_settings(
-        tmp_path, s3_server.endpoint, rows, concurrency=4, series_concurrency=1
-    )
+        tmp_path, s3_server.endpoint, rows, concurrency=4 * workers,
+        series_concurrency=workers, workers=workers,
+    )  # fmt: skip
     daemon = make_daemon(settings)
     in_flight = daemon.metrics.in_flight.labels("get")
     with Running(daemon) as running:

@@ -6,6 +6,13 @@ GCS response headers (``x-goog-hash`` as one or two header lines, composite obje
 on chosen keys or at a seeded rate, and exact request accounting (including whether an
 ``Authorization`` header was sent).
 
+S3's additional checksums: an object put with ``checksum_algorithm`` (CRC64NVME, CRC32C,
+CRC32 or SHA256; the server's ``checksum_algorithm`` is the default) is listed with
+``ChecksumAlgorithm`` and ``ChecksumType``, and a GET of the whole object or a HEAD that
+sends ``x-amz-checksum-mode: ENABLED`` answers with ``x-amz-checksum-<algorithm>`` and
+``x-amz-checksum-type``, as S3 does; a ranged GET gets none (S3 sends none either).
+``checksum_type="COMPOSITE"`` sends a checksum of part checksums (``<base64>-N``).
+
 Supported requests::
 
     GET  /<bucket>?list-type=2&prefix=&start-after=&continuation-token=&max-keys=
@@ -50,6 +57,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -59,6 +67,7 @@ from urllib.parse import parse_qs, quote_plus, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import google_crc32c
+from awscrt import checksums
 
 Flavour = Literal["s3", "gcs"]
 RequestKind = Literal["GET", "HEAD", "LIST"]
@@ -76,6 +85,7 @@ FaultKind = Literal[
     "missing_etag",
     "multipart_etag",
     "bad_goog_hash",
+    "bad_amz_checksum",
     "changed",
     "list_omit",
     "list_extra",
@@ -139,6 +149,9 @@ FAULT_KINDS: Mapping[FaultKind, FaultKindInfo] = {
     ),
     "bad_goog_hash": FaultKindInfo(
         _OBJECT, False, "GCS flavour: x-goog-hash carries a wrong crc32c and md5"
+    ),
+    "bad_amz_checksum": FaultKindInfo(
+        _OBJECT, False, "S3 flavour: x-amz-checksum-<algorithm> carries a wrong value"
     ),
     "changed": FaultKindInfo(
         _OBJECT,
@@ -295,6 +308,18 @@ class StoredObject:
     part_sizes: tuple[int, ...] | None = None
     goog_hash: GoogHashStyle | None = None
     composite: bool = False
+    checksum_algorithm: str | None = None  # S3's additional checksum, e.g. "CRC64NVME"
+    checksum_type: Literal["FULL_OBJECT", "COMPOSITE"] = "FULL_OBJECT"
+
+    @property
+    def amz_checksum(self) -> str | None:
+        """The x-amz-checksum-<algorithm> value S3 would send, or None."""
+        if self.checksum_algorithm is None:
+            return None
+        value = amz_checksum(self.checksum_algorithm, self.data)
+        if self.checksum_type == "COMPOSITE":
+            return f"{value}-{len(self.part_sizes or (self.size,))}"
+        return value
 
     @property
     def size(self) -> int:
@@ -367,6 +392,22 @@ def goog_hash_values(data: bytes) -> tuple[str, str]:
     return base64.b64encode(crc).decode(), base64.b64encode(md5).decode()
 
 
+def amz_checksum(algorithm: str, data: bytes) -> str:
+    """The base64 value S3 stores for ``data`` under ``algorithm`` (big-endian CRCs)."""
+    name = algorithm.upper()
+    if name == "CRC64NVME":
+        raw = checksums.crc64nvme(data).to_bytes(8, "big")
+    elif name == "CRC32C":
+        raw = struct.pack(">I", google_crc32c.value(data))
+    elif name == "CRC32":
+        raw = struct.pack(">I", zlib.crc32(data))
+    elif name == "SHA256":
+        raw = hashlib.sha256(data).digest()
+    else:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+    return base64.b64encode(raw).decode()
+
+
 def _xml_text(value: str) -> str:
     # XML 1.0 cannot carry most control characters even as references; S3 sends them as
     # references anyway, which is why clients ask for encoding-type=url.
@@ -431,11 +472,13 @@ class S3TestServer:
         goog_hash: GoogHashStyle = "one",
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        checksum_algorithm: str | None = None,
     ) -> None:
         if flavour not in get_args(Flavour):
             raise ValueError(f"flavour must be 's3' or 'gcs', not {flavour!r}")
         self.flavour: Flavour = flavour
         self.goog_hash: GoogHashStyle = goog_hash
+        self.checksum_algorithm = checksum_algorithm  # put()'s default (S3 flavour)
         self.requested_port = port  # 0: any free port
         self.tls = tls  # serve HTTPS with this server context
         self.accepted = 0  # connections accepted (TLS or not)
@@ -516,11 +559,18 @@ class S3TestServer:
         part_size: int | None = None,
         goog_hash: GoogHashStyle | None = None,
         composite: bool = False,
+        checksum_algorithm: str | None = "default",
+        checksum_type: Literal["FULL_OBJECT", "COMPOSITE"] = "FULL_OBJECT",
     ) -> StoredObject:
         """Store an object (creating the bucket). The ETag is the MD5 hex of ``data``, or the
         multipart ETag when ``part_size`` is given, or ``etag`` verbatim. ``goog_hash``
         overrides the server's x-goog-hash style for this object; ``composite`` makes it a
-        GCS composite object (ETag not an MD5, x-goog-hash without md5)."""
+        GCS composite object (ETag not an MD5, x-goog-hash without md5). ``checksum_algorithm``:
+        S3's additional checksum ("default": the server's, None: none)."""
+        if checksum_algorithm == "default":
+            checksum_algorithm = self.checksum_algorithm
+        if checksum_algorithm is not None:
+            amz_checksum(checksum_algorithm, b"")  # refuse an unknown name now
         if part_size is not None and part_size <= 0:
             raise ValueError("part_size must be positive")
         crc, md5 = goog_hash_values(data)
@@ -549,6 +599,8 @@ class S3TestServer:
             part_sizes=parts,
             goog_hash=goog_hash,
             composite=composite,
+            checksum_algorithm=None if checksum_algorithm is None else checksum_algorithm.upper(),
+            checksum_type=checksum_type,
         )
         with self._lock:
             self._buckets.setdefault(bucket, {})[key] = stored
@@ -766,6 +818,7 @@ class S3TestServer:
                 md5=base64.b64decode(md5),
                 crc32c=base64.b64decode(crc),
                 goog_hash=stored.goog_hash,
+                checksum_algorithm=stored.checksum_algorithm,
             )
         etag: str | None = self._faulted_etag(kind, key, stored, fired)
         if self.faults.draw("missing_etag", kind, key) is not None:
@@ -781,6 +834,10 @@ class S3TestServer:
             headers.append(("ETag", f'"{etag}"'))
         if self.flavour == "gcs":
             headers += self._goog_headers(kind, key, stored, fired)
+        whole = header("range") is None and "partNumber" not in query
+        asked = (header("x-amz-checksum-mode") or "").upper() == "ENABLED"
+        if self.flavour == "s3" and asked and whole:
+            headers += self._amz_checksum_headers(kind, key, stored, fired)
 
         if_match = header("if-match")
         if if_match is not None and not _etag_matches(if_match, etag):
@@ -880,6 +937,20 @@ class S3TestServer:
             headers.append(("x-goog-component-count", "2"))
         return headers
 
+    def _amz_checksum_headers(
+        self, kind: RequestKind, key: str, stored: StoredObject, fired: list[FaultKind]
+    ) -> list[tuple[str, str]]:
+        value = stored.amz_checksum
+        if value is None or stored.checksum_algorithm is None:
+            return []
+        if self.faults.draw("bad_amz_checksum", kind, key) is not None:
+            fired.append("bad_amz_checksum")
+            value = amz_checksum(stored.checksum_algorithm, stored.data + b"wrong")
+        return [
+            (f"x-amz-checksum-{stored.checksum_algorithm.lower()}", value),
+            ("x-amz-checksum-type", stored.checksum_type),
+        ]
+
     def _list_reply(self, bucket: str, query: Mapping[str, list[str]]) -> _Reply:
         def param(name: str) -> str | None:
             values = query.get(name)
@@ -937,7 +1008,7 @@ class S3TestServer:
             etag = self._listing_etag(key, stored, fired)
             contents.append(
                 self._contents_xml(
-                    enc(key), etag, stored.size, stored.last_modified, stored.generation
+                    enc(key), etag, stored.size, stored.last_modified, stored.generation, stored
                 )
             )
         if token is None:
@@ -1002,7 +1073,13 @@ class S3TestServer:
         return self._faulted_etag("LIST", key, stored, fired)
 
     def _contents_xml(
-        self, key_xml: str, etag: str, size: int, last_modified: float, generation: int
+        self,
+        key_xml: str,
+        etag: str,
+        size: int,
+        last_modified: float,
+        generation: int,
+        stored: StoredObject | None = None,
     ) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(last_modified))
         tail = (
@@ -1010,6 +1087,11 @@ class S3TestServer:
             if self.flavour == "gcs"
             else "<StorageClass>STANDARD</StorageClass>"
         )
+        if self.flavour == "s3" and stored is not None and stored.checksum_algorithm:
+            tail = (
+                f"<ChecksumAlgorithm>{stored.checksum_algorithm}</ChecksumAlgorithm>"
+                f"<ChecksumType>{stored.checksum_type}</ChecksumType>{tail}"
+            )
         return (
             f"<Contents><Key>{key_xml}</Key><LastModified>{stamp}</LastModified>"
             f"<ETag>&quot;{_xml_text(etag)}&quot;</ETag><Size>{size}</Size>{tail}</Contents>"

@@ -669,3 +669,62 @@ def test_moto_listing_parses_in_aiobotocore_without_signing(moto_endpoint: str) 
         return [(c["Key"], c["Size"]) for c in page["Contents"]]
 
     assert asyncio.run(run()) == [(f"moto-aio-test/{i}.dcm", i) for i in range(3)]
+
+
+def test_s3_checksums_are_listed_and_sent_only_when_asked_for_the_whole_object() -> None:
+    data = b"123456789"
+    with S3TestServer("s3", checksum_algorithm="CRC64NVME") as server:
+        server.put("b", "k", data)
+        server.put("b", "plain", data, checksum_algorithm=None)
+        _, _, body = raw(server, "GET", "/b?list-type=2")
+        listed = {c.findtext(f"{NS}Key"): c for c in ET.fromstring(body).iter(f"{NS}Contents")}
+        assert listed["k"].findtext(f"{NS}ChecksumAlgorithm") == "CRC64NVME"
+        assert listed["k"].findtext(f"{NS}ChecksumType") == "FULL_OBJECT"
+        assert listed["plain"].find(f"{NS}ChecksumAlgorithm") is None
+        ask = {"x-amz-checksum-mode": "ENABLED"}
+        crc = base64.b64encode(bytes.fromhex("ae8b14860a799888")).decode()  # its check value
+        assert raw(server, "GET", "/b/k", ask)[1]["x-amz-checksum-crc64nvme"] == crc
+        assert raw(server, "HEAD", "/b/k", ask)[1]["x-amz-checksum-type"] == "FULL_OBJECT"
+        assert raw(server, "GET", "/b/k")[1]["x-amz-checksum-crc64nvme"] is None
+        assert (
+            raw(server, "GET", "/b/k", {**ask, "Range": "bytes=0-3"})[1]["x-amz-checksum-crc64nvme"]
+            is None
+        )
+        assert raw(server, "GET", "/b/plain", ask)[1]["x-amz-checksum-crc64nvme"] is None
+        assert not server.errors
+
+
+def test_a_composite_s3_checksum_carries_its_part_count(s3_server: S3TestServer) -> None:
+    data = bytes(3000)
+    s3_server.put(
+        "b", "k", data, part_size=1000, checksum_algorithm="CRC32C", checksum_type="COMPOSITE"
+    )
+    headers = raw(s3_server, "GET", "/b/k", {"x-amz-checksum-mode": "ENABLED"})[1]
+    assert headers["x-amz-checksum-type"] == "COMPOSITE"
+    assert re.fullmatch(r"[A-Za-z0-9+/=]{8}-3", headers["x-amz-checksum-crc32c"] or "")
+
+
+def test_bad_amz_checksum_sends_a_wrong_checksum_once() -> None:
+    with S3TestServer("s3", checksum_algorithm="CRC32") as server:
+        server.put("b", "k", b"123456789")
+        server.faults.add("bad_amz_checksum", times=1)
+        ask = {"x-amz-checksum-mode": "ENABLED"}
+        bad = raw(server, "GET", "/b/k", ask)[1]["x-amz-checksum-crc32"]
+        good = raw(server, "GET", "/b/k", ask)[1]["x-amz-checksum-crc32"]
+        assert good == "y/Q5Jg=="  # CRC-32's check value
+        assert bad != good
+        assert server.faults.fired("bad_amz_checksum") == 1
+
+
+def test_moto_stores_and_sends_checksums_the_way_the_test_server_does(
+    moto_server: MotoServer,
+) -> None:
+    # moto is the reference: boto3 uploads with a CRC32 by default; a listing names it,
+    # a GET of the whole object sends it when asked, a ranged GET does not
+    key = "checksums/k"
+    moto_put(moto_server.endpoint, "idc-open-data-two", key, b"123456789")
+    url = f"{moto_server.endpoint}/idc-open-data-two/{key}"
+    ask = {"x-amz-checksum-mode": "ENABLED"}
+    assert aiohttp_get(url, ask)[1]["x-amz-checksum-crc32"] == ["y/Q5Jg=="]
+    assert "x-amz-checksum-crc32" not in aiohttp_get(url, {**ask, "Range": "bytes=0-3"})[1]
+    assert "x-amz-checksum-crc32" not in aiohttp_get(url)[1]

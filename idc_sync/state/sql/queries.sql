@@ -28,6 +28,12 @@ RETURNING crdc_series_uuid, SeriesInstanceUID, collection_id, aws_bucket, licens
 -- name: renew_leases
 UPDATE series SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased';
 
+-- name: release_leases
+-- A worker process died (or was stopped) holding these leases: its series go back to the
+-- queue now instead of when the lease runs out. Another owner's leases stay as they are.
+UPDATE series SET state = 'queued', lease_owner = NULL, lease_expires = NULL
+WHERE lease_owner = :owner AND state = 'leased';
+
 -- name: requeue_unfinished_series
 -- Every selected, unfinished series gets another go in this run.
 UPDATE series SET state = 'queued', lease_owner = NULL, lease_expires = NULL

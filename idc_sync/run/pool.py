@@ -1,0 +1,235 @@
+"""Every core on the data plane: the worker processes of a round (run/worker.py), each with
+its own event loop leasing series from the same SQLite queue as the parent's own loop. The
+parent keeps the state lock, plans and finishes the round; the workers only mirror, and
+their progress, failures, request timings, log records and summaries come back over their
+pipes (run/channel.py) to be added up.
+
+Why processes: one event loop carries every request's and every file's bookkeeping, about
+0.4 ms of CPU per small file, and is the bound of a request-bound run however many
+requests are in flight (README, Performance). Leases already make several claimants safe.
+
+A worker that dies (kill -9, an OOM kill) loses nothing: files it renamed without a "done"
+row are re-verified where they are, its temp files are removed by the next look at their
+directory, and the parent queues its leased series again at once (``release_leases``)
+instead of waiting ``lease_seconds``; the parent's own loop, or another worker, takes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from idc_sync.config import Settings
+from idc_sync.engines.metered import RequestMeter
+from idc_sync.run.attempts import FailureObserver
+from idc_sync.run.channel import Inbox, add_up, encode
+from idc_sync.run.objects import ProgressSink, RunSummary
+from idc_sync.state.queue import Queue
+
+log = logging.getLogger(__name__)
+
+# How long a worker told to stop (SIGTERM) may take to flush what it recorded.
+STOP_SECONDS = 10.0
+
+
+def event_loops(settings: Settings) -> int:
+    """How many event loops a round runs (the parent's included): ``workers``, 0 meaning
+    one per core. A bandwidth cap or the s5cmd engine keeps one: a cap is exact only in one
+    process, and s5cmd runs its own transfers."""
+    if settings.engine != "native" or not settings.bandwidth_schedule.always_unlimited:
+        return 1
+    return settings.workers or os.cpu_count() or 1
+
+
+def share(settings: Settings, loops: int) -> Settings:
+    """One loop's part of the round's settings: objects and series in flight are totals."""
+    return settings.model_copy(
+        update={
+            "concurrency": max(1, math.ceil(settings.concurrency / loops)),
+            "series_concurrency": max(1, math.ceil(settings.series_concurrency / loops)),
+        }
+    )
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: asyncio.subprocess.Process
+    inbox: Inbox
+    reader: asyncio.Task[None] | None = None
+    exited: bool = False
+
+
+@dataclass(slots=True)
+class _Sinks:
+    progress: ProgressSink
+    observer: FailureObserver
+    meter: RequestMeter | None
+    stopped: list[Any] = field(default_factory=list)  # callbacks told a worker stopped
+
+
+class WorkerPool:
+    """Worker processes for one round; ``start`` them early (their start-up overlaps the
+    plan), ``go`` when the queue is planned, ``close`` always."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self._settings = settings
+        self._count = count
+        self._workers: list[_Worker] = []
+        self._sinks: _Sinks | None = None
+        self._queue: Queue | None = None
+        self._changed = asyncio.Event()
+        self._requeued = False
+        self._stop_reason: str | None = None
+        self._started_go = False
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    async def start(self) -> None:
+        """Start the workers; they import and open their engines meanwhile."""
+        first = {"settings": self._settings.model_dump(mode="json")}
+        for _ in range(self._count):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "idc_sync.run.worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            inbox = Inbox(_Ignore(), _Ignore(), None, lambda owner: None, self._worker_stopped)
+            worker = _Worker(process, inbox)
+            self._workers.append(worker)
+            self._send(worker, first)
+
+    def go(
+        self,
+        queue: Queue,
+        progress: ProgressSink,
+        observer: FailureObserver,
+        meter: RequestMeter | None,
+        stopped: Any,
+    ) -> None:
+        """The queue is planned: report to these sinks, and start leasing."""
+        self._queue = queue
+        self._sinks = _Sinks(progress, observer, meter, [stopped])
+        for worker in self._workers:
+            worker.inbox.progress, worker.inbox.observer = progress, observer
+            worker.inbox.meter = meter
+            worker.reader = asyncio.create_task(self._read(worker))
+            self._send(worker, {"go": True, "meter": meter is not None})
+        self._started_go = True
+
+    def drain(self, reason: str) -> None:
+        self._tell({"drain": reason})
+
+    def stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._tell({"stop": reason})
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        for worker in self._workers:
+            if not worker.exited:
+                self._send(worker, message)
+
+    def _send(self, worker: _Worker, message: dict[str, Any]) -> None:
+        stdin = worker.process.stdin
+        if stdin is None or stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            stdin.write(encode(message))
+
+    def _worker_stopped(self, reason: str) -> None:
+        if self._sinks is not None:
+            for callback in self._sinks.stopped:
+                callback(reason)
+
+    async def idle(self) -> bool:
+        """For the parent's own loop when it has nothing to claim: True once a worker's
+        series were queued again (claim them), False once every worker has exited."""
+        while True:
+            if self._requeued:
+                self._requeued = False
+                return True
+            if all(worker.exited for worker in self._workers):
+                return False
+            await self._changed.wait()
+            self._changed.clear()
+
+    async def _read(self, worker: _Worker) -> None:
+        stdout = worker.process.stdout
+        assert stdout is not None
+        try:
+            while line := await stdout.readline():
+                try:
+                    worker.inbox.receive(line)
+                except (ValueError, KeyError, TypeError) as error:
+                    log.error("worker %d sent something unreadable: %s", worker.process.pid, error)
+        finally:
+            code = await worker.process.wait()
+            worker.exited = True
+            await self._after_exit(worker, code)
+
+    async def _after_exit(self, worker: _Worker, code: int) -> None:
+        inbox = worker.inbox
+        inbox.lost()
+        if inbox.summary is None or code != 0:
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            log.warning(
+                "worker process %d died (%s); its series are queued again",
+                worker.process.pid, how,
+            )  # fmt: skip
+        if inbox.owner is not None and self._queue is not None:
+            released = await self._queue.release_leases(inbox.owner)
+            if released:
+                self._requeued = True
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stop what still runs (SIGTERM, then SIGKILL), and queue its series again."""
+        alive = [w for w in self._workers if w.process.returncode is None]
+        for worker in alive:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in alive:
+            try:
+                await asyncio.wait_for(worker.process.wait(), STOP_SECONDS)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+        readers = [w.reader for w in self._workers if w.reader is not None]
+        await asyncio.gather(*readers, return_exceptions=True)
+        for worker in self._workers:
+            if worker.reader is None:  # never told to go: nothing of it to read
+                worker.exited = True
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+
+    def summary(self) -> RunSummary:
+        """The workers' summaries added up."""
+        total = RunSummary()
+        for worker in self._workers:
+            if worker.inbox.summary is not None:
+                add_up(total, worker.inbox.summary)
+        return total
+
+
+class _Ignore:
+    """Sinks for the time before ``go`` (a worker reports nothing but ``ready`` then)."""
+
+    def bytes_received(self, count: int) -> None:
+        pass
+
+    def file_finished(self, size: int, *, fetched: bool, ok: bool) -> None:
+        pass
+
+    def attempt_failed(self, failure: object) -> None:
+        pass
+
+    def retrying(self, failure: object) -> None:
+        pass

@@ -1,0 +1,167 @@
+"""Worker processes beside the parent's own event loop (run/pool.py, run/worker.py), as real
+processes against the S3 test server: they share the queue, their progress, log records and
+summaries add up in the parent, and kill -9 of one loses nothing and waits for no lease."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import idc_sync.run.jobs
+from idc_sync.config import Settings
+from idc_sync.run.jobs import sync
+from idc_sync.run.pool import WorkerPool
+from idc_sync.run.round import start_pool
+from tests.support import dataset
+from tests.support.mirror import assert_mirrored, settings_for
+from tests.support.s3server import S3TestServer
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.files: list[tuple[int, bool, bool]] = []
+
+    def bytes_received(self, count: int) -> None:
+        self.bytes += count
+
+    def file_finished(self, size: int, *, fetched: bool, ok: bool) -> None:
+        self.files.append((size, fetched, ok))
+
+
+@pytest.mark.slow
+def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
+    tmp_path: Path,
+    s3_server: S3TestServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small") + dataset.selection("two")
+    uploaded = dataset.populate(s3_server, rows)
+    # every GET waits: no loop can take all the series before the others start
+    s3_server.faults.add("latency", seconds=0.03, on=["GET"])
+    victim = sorted(key for _, key in uploaded)[-1]
+    s3_server.faults.add("flip", keys=[victim], on=["GET"], times=1)
+    settings = settings_for(tmp_path, s3_server.endpoint, rows, workers=3, series_concurrency=3)
+    counting = Counting()
+
+    pools: list[WorkerPool] = []
+
+    def spied(given: Settings) -> WorkerPool | None:
+        pool = start_pool(given)
+        if pool is not None:
+            pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(idc_sync.run.jobs, "start_pool", spied)
+    with caplog.at_level(logging.INFO, logger="idc_sync"):
+        report = asyncio.run(sync(settings, lambda *totals: counting))
+
+    assert report.ok, report.problems
+    (pool,) = pools
+    assert pool.size == 2
+    total, by_workers = report.round.summary.files_fetched, pool.summary().files_fetched
+    assert total == len(uploaded)
+    assert 0 < by_workers < total  # the parent's loop and the workers each took series
+    # every byte received, the flipped copy's too
+    victim_size = next(len(d) for (_, key), d in uploaded.items() if key == victim)
+    assert counting.bytes == sum(len(d) for d in uploaded.values()) + victim_size
+    assert sorted(size for size, _, _ in counting.files) == sorted(
+        len(d) for d in uploaded.values()
+    )
+    assert all(ok and fetched for _, fetched, ok in counting.files)
+    assert_mirrored(settings.mirror_root, rows, uploaded)
+    # a worker's retry of the flipped byte is logged by the parent, naming the object
+    retried = [r for r in caplog.records if getattr(r, "object", None) == victim]
+    assert retried, [r.getMessage() for r in caplog.records]
+    assert "mismatch" in retried[0].getMessage()
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
+    destination = tmp_path / "mirror"
+    command = [
+        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
+        "--endpoint", s3_server.endpoint, "--no-progress", "--workers", "3",
+        "--concurrency", "12", "--series-concurrency", "3", "--log-level", "info",
+    ]  # fmt: skip
+    for row in rows:
+        command += ["--series", str(row["crdc_series_uuid"])]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and victim is None:
+        workers = _children(process.pid)
+        # kill once files are flowing: some placed, the worker mid-series
+        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+        if len(workers) == 2 and placed >= 40:
+            victim = workers[0]
+            os.kill(victim, signal.SIGKILL)
+        time.sleep(0.05)
+    assert victim is not None, "the run never got going"
+    _, stderr = process.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"worker process {victim} died (signal 9); its series are queued again" in stderr
+    assert elapsed < 60  # not lease_seconds (600 s): the parent queued them again at once
+    assert_mirrored(destination, rows, uploaded)
+    assert not list(destination.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_completes(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
+    destination = tmp_path / "mirror"
+    command = [
+        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
+        "--endpoint", s3_server.endpoint, "--no-progress", "--workers", "3",
+        "--concurrency", "12", "--series-concurrency", "3",
+    ]  # fmt: skip
+    for row in rows:
+        command += ["--series", str(row["crdc_series_uuid"])]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = _children(process.pid)
+        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+        if len(workers) == 2 and placed >= 40:
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2, "the run never got going"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    gone_by = time.monotonic() + 15
+    while time.monotonic() < gone_by and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}/status").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]  # fmt: skip
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_mirrored(destination, rows, uploaded)
