@@ -104,7 +104,8 @@ def settings_options(function: F) -> F:
         click.option("--concurrency", type=int, help="Objects in flight."),
         click.option("--series-concurrency", type=int, help="Series worked on at once."),
         click.option("--workers", type=int,
-                     help="Event loops (this process and worker processes); 0: one per core."),
+                     help="Event loops (this process and worker processes); 0: one per "
+                          "10,000 objects to fetch, at most one per core."),
         click.option("--checksum", type=click.Choice(["fastest", "md5"]),
                      help="fastest: the cheapest checksum the source publishes; md5: MD5."),
         click.option("--engine", type=click.Choice(["native", "s5cmd"]),

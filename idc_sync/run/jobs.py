@@ -15,7 +15,7 @@ from idc_sync.run.binding import bind
 from idc_sync.run.follow import follow_once
 from idc_sync.run.objects import NoProgress, ProgressSink
 from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_into, resolve_plan
-from idc_sync.run.round import RoundOutcome, run_round, start_pool
+from idc_sync.run.round import RoundOutcome, run_round
 from idc_sync.run.select import selection_of
 from idc_sync.state.database import peek_selection
 from idc_sync.state.lock import StateLock
@@ -91,23 +91,15 @@ async def sync(
                     assert resolved is not None
                     resolved.close()
                     resolved = None
-                # worker processes start now: their start-up overlaps the plan
-                pool = start_pool(settings)
-                try:
-                    if pool is not None:
-                        await pool.start()
-                    outcome = await plan_into(state, settings, given, resolved=resolved)
-                    resolved = None  # plan_into closed it
-                    _warn_unknown(outcome)
-                    before = await state.reports.collection_totals()
-                    sink = (progress or _no_progress)(
-                        outcome.tally.files, outcome.tally.bytes,
-                        sum(c.files_done for c in before), sum(c.bytes_done for c in before),
-                    )  # fmt: skip
-                    ran = await run_round(state, settings, sink, pool=pool)
-                finally:
-                    if pool is not None:
-                        await pool.close()
+                outcome = await plan_into(state, settings, given, resolved=resolved)
+                resolved = None  # plan_into closed it
+                _warn_unknown(outcome)
+                before = await state.reports.collection_totals()
+                sink = (progress or _no_progress)(
+                    outcome.tally.files, outcome.tally.bytes,
+                    sum(c.files_done for c in before), sum(c.bytes_done for c in before),
+                )  # fmt: skip
+                ran = await run_round(state, settings, sink)
                 return SyncReport(
                     outcome,
                     ran,

@@ -119,10 +119,10 @@ class _Loops:
         self.mirror.stop(reason)
 
 
-def start_pool(settings: Settings) -> WorkerPool | None:
-    """The worker processes a round of these settings runs beside this process (None for
-    one event loop), not yet started; see run/pool.py."""
-    loops = event_loops(settings)
+def start_pool(settings: Settings, to_fetch: int) -> WorkerPool | None:
+    """The worker processes a round of these settings with ``to_fetch`` objects left runs
+    beside this process (None for one event loop), not yet started; see run/pool.py."""
+    loops = event_loops(settings, to_fetch)
     if loops <= 1:
         return None
     return WorkerPool(share(settings, loops), loops - 1)
@@ -137,14 +137,15 @@ async def run_round(
     meter: RequestMeter | None = None,
     started: Callable[[Drainable], None] = lambda workers: None,
     finish: Callable[[], bool] = lambda: True,
-    pool: WorkerPool | None = None,
 ) -> RoundOutcome:
     """Run the workers over the queue, then finish the round when it ran to its end and
     ``finish()`` still says so (not when it was stopped, by a full disk or a drain).
     ``started`` is handed the workers (the daemon drains them on SIGTERM); ``meter`` is
-    told of every request; ``pool``: worker processes started already (``start_pool``),
-    else the settings' own are started here."""
-    if pool is None and (pool := start_pool(settings)) is not None:
+    told of every request. Worker processes are started as the settings and the objects
+    left to fetch call for (run/pool.py)."""
+    totals = await state.reports.collection_totals()
+    to_fetch = sum(max(0, c.files_expected - c.files_done) for c in totals)
+    if (pool := start_pool(settings, to_fetch)) is not None:
         await pool.start()
     loops = 1 if pool is None else pool.size + 1
     mine = settings if pool is None else share(settings, loops)

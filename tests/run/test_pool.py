@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import idc_sync.run.jobs
+import idc_sync.run.round
 from idc_sync.config import Settings
 from idc_sync.run.jobs import sync
-from idc_sync.run.pool import WorkerPool
+from idc_sync.run.pool import OBJECTS_PER_LOOP, WorkerPool, event_loops
 from idc_sync.run.round import start_pool
 from tests.support import dataset
 from tests.support.mirror import assert_mirrored, settings_for
@@ -55,13 +55,13 @@ def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
 
     pools: list[WorkerPool] = []
 
-    def spied(given: Settings) -> WorkerPool | None:
-        pool = start_pool(given)
+    def spied(given: Settings, to_fetch: int) -> WorkerPool | None:
+        pool = start_pool(given, to_fetch)
         if pool is not None:
             pools.append(pool)
         return pool
 
-    monkeypatch.setattr(idc_sync.run.jobs, "start_pool", spied)
+    monkeypatch.setattr(idc_sync.run.round, "start_pool", spied)
     with caplog.at_level(logging.INFO, logger="idc_sync"):
         report = asyncio.run(sync(settings, lambda *totals: counting))
 
@@ -83,6 +83,33 @@ def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
     retried = [r for r in caplog.records if getattr(r, "object", None) == victim]
     assert retried, [r.getMessage() for r in caplog.records]
     assert "mismatch" in retried[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("workers", "to_fetch", "cores", "loops"),
+    [
+        (0, OBJECTS_PER_LOOP - 1, 32, 1),  # a small run: a worker's start-up would not pay
+        (0, 3 * OBJECTS_PER_LOOP, 32, 3),
+        (0, 3 * OBJECTS_PER_LOOP, 2, 2),  # never more loops than cores
+        (0, 0, 2, 1),
+        (4, 10, 2, 4),  # the operator's number stands
+    ],
+)
+def test_the_default_runs_one_event_loop_per_ten_thousand_objects_up_to_one_per_core(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    to_fetch: int,
+    cores: int,
+    loops: int,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    settings = settings_for(tmp_path, "http://127.0.0.1:9", [], workers=workers)
+    assert event_loops(settings, to_fetch) == loops
+    capped = settings_for(
+        tmp_path, "http://127.0.0.1:9", [], workers=workers, max_bytes_per_second=1_000_000
+    )
+    assert event_loops(capped, to_fetch) == 1  # a bandwidth cap is exact in one process
 
 
 def _children(pid: int) -> list[int]:
