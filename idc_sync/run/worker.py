@@ -118,7 +118,8 @@ async def _mirror(
     def wrap(found: Engine) -> Engine:
         return MeteredEngine(found, outbox) if orders.meter else found
 
-    async with await State.open(settings.state_path / STATE_DB, create=False) as state:
+    # a worker leases and records, it never plans: a small page cache will do
+    async with await State.open(settings.state_path / STATE_DB, create=False, cache_mib=8) as state:
         mirror = Mirror(
             state.queue, wrap(engine), mirror_options(settings), outbox, observer=outbox,
             failover=None if other is None else wrap(other),

@@ -124,9 +124,10 @@ class Database:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, create: bool = True) -> Database:
+    async def open(cls, path: Path, *, create: bool = True, cache_mib: int = 64) -> Database:
         """Open (and with ``create``, make or upgrade) the state at ``path``. StateError when
-        it is missing without ``create``, not ours, or from a newer idc-sync."""
+        it is missing without ``create``, not ours, or from a newer idc-sync. ``cache_mib``:
+        SQLite's page cache of the writing connection."""
         if not create and not path.exists():  # noqa: ASYNC240 - one stat before opening
             raise StateError(f"no idc-sync state at {path}")
         try:
@@ -135,7 +136,7 @@ class Database:
             raise StateError(f"cannot open state database {path}: {error}") from None
         database = cls(writer, path)
         try:
-            await database._prepare(create)
+            await database._prepare(create, cache_mib)
         except sqlite3.Error as error:
             await writer.close()
             raise storage_error(error, path) from None
@@ -144,7 +145,7 @@ class Database:
             raise
         return database
 
-    async def _prepare(self, create: bool) -> None:
+    async def _prepare(self, create: bool, cache_mib: int) -> None:
         db = self._writer
         await db.execute("PRAGMA busy_timeout = 10000")
         version = await self._user_version()
@@ -166,7 +167,7 @@ class Database:
         await db.execute("PRAGMA foreign_keys = ON")
         # Random UUID keys touch pages all over the B-trees; a 64 MB cache keeps a
         # 600k-series plan from thrashing (the default is 2 MB).
-        await db.execute("PRAGMA cache_size = -65536")
+        await db.execute(f"PRAGMA cache_size = -{int(cache_mib) * 1024}")
         if version < SCHEMA_VERSION:
             await self._migrate(version)
         for statement in guard_statements():

@@ -34,8 +34,8 @@ class State:
         return self.db.path
 
     @classmethod
-    async def open(cls, path: Path, *, create: bool = True) -> State:
-        return cls(await Database.open(path, create=create))
+    async def open(cls, path: Path, *, create: bool = True, cache_mib: int = 64) -> State:
+        return cls(await Database.open(path, create=create, cache_mib=cache_mib))
 
     async def close(self) -> None:
         await self.db.close()

@@ -152,6 +152,25 @@ def test_sqlite_failures_become_our_errors_naming_the_database(tmp_path: Path) -
     assert isinstance(garbage, StateError)
 
 
+def test_the_page_cache_is_64_mib_unless_a_worker_asks_for_less(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+
+    async def cache_kib(cache_mib: int | None = None) -> int:
+        db = await (
+            Database.open(path) if cache_mib is None else Database.open(path, cache_mib=cache_mib)
+        )
+        try:
+            cursor = await db._writer.execute("PRAGMA cache_size")
+            row = await cursor.fetchone()
+            assert row is not None
+            return -int(row[0])  # negative: KiB, not pages
+        finally:
+            await db.close()
+
+    assert asyncio.run(cache_kib()) == 64 * 1024
+    assert asyncio.run(cache_kib(cache_mib=8)) == 8 * 1024
+
+
 async def _fail_inside(db: Database) -> None:
     async with db.transaction():
         await db.execute("begin_plan")
