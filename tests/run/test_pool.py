@@ -117,6 +117,30 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
+def _sync_command(destination: Path, endpoint: str, rows: list[dataset.Row]) -> list[str]:
+    """A sync of ``rows`` with three event loops: the parent's and two worker processes."""
+    command = [
+        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
+        "--endpoint", endpoint, "--no-progress", "--workers", "3",
+        "--concurrency", "12", "--series-concurrency", "3", "--log-level", "info",
+    ]  # fmt: skip
+    for row in rows:
+        command += ["--series", str(row["crdc_series_uuid"])]
+    return command
+
+
+def _workers_once_files_flow(process: subprocess.Popen[str], destination: Path) -> list[int]:
+    """The worker processes' pids once both run and some files are placed (mid-series)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = _children(process.pid)
+        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+        if len(workers) == 2 and placed >= 40:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError("the run never got going")
+
+
 @pytest.mark.slow
 def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
     tmp_path: Path, s3_server: S3TestServer
@@ -125,26 +149,12 @@ def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
     uploaded = dataset.populate(s3_server, rows)
     s3_server.faults.add("latency", seconds=0.05, on=["GET"])
     destination = tmp_path / "mirror"
-    command = [
-        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
-        "--endpoint", s3_server.endpoint, "--no-progress", "--workers", "3",
-        "--concurrency", "12", "--series-concurrency", "3", "--log-level", "info",
-    ]  # fmt: skip
-    for row in rows:
-        command += ["--series", str(row["crdc_series_uuid"])]
     started = time.monotonic()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    victim = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and victim is None:
-        workers = _children(process.pid)
-        # kill once files are flowing: some placed, the worker mid-series
-        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
-        if len(workers) == 2 and placed >= 40:
-            victim = workers[0]
-            os.kill(victim, signal.SIGKILL)
-        time.sleep(0.05)
-    assert victim is not None, "the run never got going"
+    process = subprocess.Popen(
+        _sync_command(destination, s3_server.endpoint, rows), stderr=subprocess.PIPE, text=True
+    )
+    victim = _workers_once_files_flow(process, destination)[0]
+    os.kill(victim, signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)
     elapsed = time.monotonic() - started
 
@@ -163,23 +173,9 @@ def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_completes(
     uploaded = dataset.populate(s3_server, rows)
     s3_server.faults.add("latency", seconds=0.05, on=["GET"])
     destination = tmp_path / "mirror"
-    command = [
-        sys.executable, "-m", "idc_sync", "sync", "--destination", str(destination),
-        "--endpoint", s3_server.endpoint, "--no-progress", "--workers", "3",
-        "--concurrency", "12", "--series-concurrency", "3",
-    ]  # fmt: skip
-    for row in rows:
-        command += ["--series", str(row["crdc_series_uuid"])]
-    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    workers: list[int] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        workers = _children(process.pid)
-        placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
-        if len(workers) == 2 and placed >= 40:
-            break
-        time.sleep(0.05)
-    assert len(workers) == 2, "the run never got going"
+    command = _sync_command(destination, s3_server.endpoint, rows)
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, text=True)
+    workers = _workers_once_files_flow(process, destination)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     gone_by = time.monotonic() + 15
