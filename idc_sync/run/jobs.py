@@ -12,7 +12,6 @@ from pathlib import Path
 from idc_sync.config import Settings
 from idc_sync.core.model import CollectionStatus, Problem
 from idc_sync.run.binding import bind
-from idc_sync.run.follow import follow_once
 from idc_sync.run.objects import NoProgress, ProgressSink
 from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_into, resolve_plan
 from idc_sync.run.round import RoundOutcome, run_round
@@ -83,7 +82,7 @@ async def sync(
                 changed = await state.plans.stored_selection() != stored
                 # under the lock: a newer release goes into the state directory, and then
                 # the plan resolves against it
-                if settings.follow_releases and await follow_once(settings) is not None:
+                if settings.follow_releases and await _follow_once(settings):
                     changed = True
                 if changed:
                     # another run changed the mirror's selection meanwhile, or a newer
@@ -156,3 +155,11 @@ async def citations(settings: Settings) -> list[tuple[str | None, str | None, in
     """(license_short_name, source_DOI, series) of what the mirror holds."""
     async with await State.open(settings.state_path / STATE_DB, create=False) as state:
         return await state.reports.citations()
+
+
+async def _follow_once(settings: Settings) -> bool:
+    """Fetch a newer IDC release when there is one; True when one came. Imported here:
+    run/follow.py brings aiohttp (0.16 s), which a sync that follows nothing never needs."""
+    from idc_sync.run.follow import follow_once
+
+    return await follow_once(settings) is not None

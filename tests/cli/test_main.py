@@ -3,10 +3,16 @@ on stderr and its own exit code, as `idc-sync --help` lists them."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+from tests.support import dataset
 from tests.support.cli import idc_sync
+from tests.support.mirror import assert_mirrored
+from tests.support.s3server import S3TestServer
 
 
 def _closed_port() -> int:
@@ -47,3 +53,26 @@ def test_the_version_and_every_command_are_listed() -> None:
                     "citations"):  # fmt: skip
         assert command in done.stdout
     assert idc_sync("--version").stdout.startswith("idc-sync, version ")
+
+
+def test_a_sync_that_follows_no_release_never_imports_aiohttp(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    # aiohttp costs ~0.16 s of every start; only the release watch and the daemon need it
+    rows = dataset.selection("two")
+    uploaded = dataset.populate(s3_server, rows)
+    destination = tmp_path / "mirror"
+    series = [arg for row in rows for arg in ("--series", str(row["crdc_series_uuid"]))]
+    done = subprocess.run(
+        [
+            sys.executable, "-X", "importtime", "-m", "idc_sync", "sync", "--no-progress",
+            "--destination", str(destination), "--endpoint", s3_server.endpoint, *series,
+        ],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "IDC_SYNC_CONFIG": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_mirrored(destination, rows, uploaded)
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+    assert "idc_sync.run.jobs" in imported  # -X importtime did report
+    assert not {name for name in imported if name.split(".")[0] == "aiohttp"}
