@@ -1,7 +1,7 @@
 """Object outcomes written in batches: every touched directory is fsynced first, so a row
 that says "done" always describes a rename that is on disk. One transaction per batch (at
-most RECORD_BATCH outcomes or RECORD_INTERVAL seconds), since aiosqlite pays a thread hop
-per call and SQLite an fsync-free WAL append per commit."""
+most RECORD_BATCH outcomes or RECORD_INTERVAL seconds), since every transaction is a thread
+hop and SQLite an fsync-free WAL append per commit."""
 
 from __future__ import annotations
 
@@ -49,14 +49,27 @@ class Recorder:
         async with self._lock:
             results, self._results = self._results, []
             directories, self._directories = self._directories, set()
+            recording = False
             try:
                 if directories:
                     await asyncio.to_thread(_fsync_all, directories)
+                recording = True
                 await self._queue.record_results(results)
-            except BaseException:
-                self._results = results + self._results
-                self._directories |= directories
+            except asyncio.CancelledError:
+                # cancelled while recording: the transaction ran its course before the
+                # cancellation came through (Database.run_transaction); recording the
+                # batch again would move "done" to "done", which the guards refuse
+                if not recording:
+                    self._keep(results, directories)
                 raise
+            except BaseException:
+                self._keep(results, directories)
+                raise
+
+    def _keep(self, results: list[ObjectResult], directories: set[Path]) -> None:
+        """Outcomes not written: back in front of the next batch."""
+        self._results = results + self._results
+        self._directories |= directories
 
     async def run(self) -> None:
         while True:

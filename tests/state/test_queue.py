@@ -18,6 +18,7 @@ import pytest
 from idc_sync.core.errors import StateError
 from idc_sync.core.lifecycle import ObjectState, SeriesState
 from idc_sync.core.model import ObjectResult, ObjectRow, SeriesPlacement, SeriesRecord
+from idc_sync.run.recorder import Recorder
 from idc_sync.state.database import SCHEMA_VERSION
 from idc_sync.state.store import State
 from tests.support.dataset import real_series, series_size_bytes
@@ -475,6 +476,61 @@ def test_record_results_writes_a_batch(tmp_path: Path) -> None:
         c.key: ["quarantined", 3, "md5 mismatch", None, None, 0],
         d.key: ["pending", 0, None, None, None, 0],
     }
+
+
+def test_record_results_takes_a_keys_last_outcome_and_writes_notes(tmp_path: Path) -> None:
+    """A batch goes as one statement per kind: a key twice in it ends as its last outcome
+    (as one statement per row left it), and a note changes only attempts and reason."""
+    db = tmp_path / "state.sqlite"
+    a, b = objects_of(QIN_UI_81, 2)
+
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.record_listing([a, b])
+        await state.queue.record_results(
+            [
+                ObjectResult(a.key, ObjectState.FAILED, 1, "timeout"),
+                ObjectResult(a.key, ObjectState.DONE, 2, None, "crc64nvme", "AAAAAAAAAAA="),
+                ObjectResult(b.key, None, 4, "stopped: disk full"),
+            ]
+        )
+
+    with_queue(db, scenario)
+    assert query(
+        db, "SELECT key, state, attempts, last_error, checksum_kind FROM object ORDER BY key"
+    ) == sorted(
+        [
+            (a.key, "done", 2, None, "crc64nvme"),
+            (b.key, "pending", 4, "stopped: disk full", None),
+        ]
+    )
+
+
+def test_a_recorder_cancelled_while_it_writes_does_not_write_the_batch_twice(
+    tmp_path: Path,
+) -> None:
+    """The batch's transaction runs its course on the state's thread; the final flush after
+    the cancellation must not record "done" again (the guards refuse done -> done)."""
+    db = tmp_path / "state.sqlite"
+    listing = objects_of(QIN_UI_81, 200)
+
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        await state.queue.record_listing(listing)
+        for cancel_after in range(0, 12):  # cancel at every moment of the write
+            batch = listing[cancel_after * 16 : (cancel_after + 1) * 16]
+            recorder = Recorder(state.queue)
+            for obj in batch:
+                recorder.add(ObjectResult(obj.key, ObjectState.DONE, 1, None, "md5", obj.etag))
+            flushing = asyncio.create_task(recorder.flush())
+            for _ in range(cancel_after):
+                await asyncio.sleep(0)
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
+            await recorder.flush()  # what Mirror.run does after cancelling its recorder
+
+    with_queue(db, scenario)
+    assert query(db, "SELECT count(*) FROM object WHERE state = 'done'") == [(12 * 16,)]
 
 
 def test_tally_counts_states_and_done_bytes_and_leaves_refused_out_of_the_listing(

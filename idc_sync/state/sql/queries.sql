@@ -58,8 +58,12 @@ CREATE TEMP TABLE IF NOT EXISTS listing (
 DELETE FROM temp.listing;
 
 -- name: add_to_listing
+-- :objects, a JSON array of {key, crdc_series_uuid, size, etag, path}: one statement for a
+-- whole listing (row by row, each row's bind waits for the GIL: queue.py)
 INSERT OR REPLACE INTO temp.listing (key, crdc_series_uuid, size, etag, path)
-VALUES (:key, :crdc_series_uuid, :size, :etag, :path);
+SELECT o.value ->> 'key', o.value ->> 'crdc_series_uuid', o.value ->> 'size',
+    o.value ->> 'etag', o.value ->> 'path'
+FROM json_each(:objects) AS o;
 
 -- name: reset_relisted_objects
 -- A known object listed again starts over when it left the mirror (retired), belongs to
@@ -115,18 +119,24 @@ ORDER BY key LIMIT :limit;
 SELECT key, crdc_series_uuid, size, etag, path, state, attempts, last_error, retired_path
 FROM object WHERE key = :key AND path IS NOT NULL;
 
--- name: record_outcome
--- A file fetched, restored or re-verified (done), or given up on for this run. A restored
--- file is back in place: its journal entry goes.
-UPDATE object SET state = :state, attempts = :attempts, last_error = :last_error,
-    checksum_kind = :checksum_kind, checksum = :checksum,
-    fetched_at = COALESCE(:fetched_at, fetched_at),
-    retired_path = CASE WHEN :state = 'done' THEN NULL ELSE retired_path END
-WHERE key = :key;
+-- name: record_outcomes
+-- Files fetched, restored or re-verified (done), or given up on for this run: :outcomes, a
+-- JSON array of {key, state, attempts, last_error, checksum_kind, checksum, fetched_at}, one
+-- per key. A restored file is back in place: its journal entry goes.
+UPDATE object SET state = o.value ->> 'state', attempts = o.value ->> 'attempts',
+    last_error = o.value ->> 'last_error', checksum_kind = o.value ->> 'checksum_kind',
+    checksum = o.value ->> 'checksum',
+    fetched_at = COALESCE(o.value ->> 'fetched_at', object.fetched_at),
+    retired_path = CASE WHEN o.value ->> 'state' = 'done' THEN NULL ELSE object.retired_path END
+FROM json_each(:outcomes) AS o
+WHERE object.key = o.value ->> 'key';
 
--- name: record_note
--- An attempt that changed no state (the run stopped under it): only its count and reason.
-UPDATE object SET attempts = :attempts, last_error = :last_error WHERE key = :key;
+-- name: record_notes
+-- Attempts that changed no state (the run stopped under them): only their counts and
+-- reasons. :notes, a JSON array of {key, attempts, last_error}, one per key.
+UPDATE object SET attempts = o.value ->> 'attempts', last_error = o.value ->> 'last_error'
+FROM json_each(:notes) AS o
+WHERE object.key = o.value ->> 'key';
 
 -- name: tally
 SELECT state, COUNT(*), SUM(size) FROM object WHERE crdc_series_uuid = :crdc_series_uuid
