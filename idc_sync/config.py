@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=256, ge=1, le=4096)
     series_concurrency: int = Field(default=32, ge=1, le=1024)
     # event loops of the data plane: this process and workers - 1 worker processes leasing
-    # from the same queue (run/pool.py); 0: one per 10,000 objects to fetch, at most one
+    # from the same queue (run/pool.py); 0: one per 1,000 objects to fetch, at most one
     # per core
     workers: int = Field(default=0, ge=0, le=256)
     max_attempts: int = Field(default=6, ge=1, le=100)

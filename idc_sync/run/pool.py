@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 STOP_SECONDS = 10.0
 
 # With ``workers = 0``, one more event loop per this many objects to fetch, up to one per
-# core. A worker costs ~0.5 s of start-up and pays only where per-object work on the loop
-# is the bound. Measured on 2 cores (benchmarks/run.py, one sitting, 2 loops against 1):
-# 37,113 files of 60 KB 23.7 vs 29.0 s and 100,072 of 38 KB 70 vs 89 s, but 4,682 files
-# of 0.53 MB 6.56 vs 6.30 s, 4 files of 860 MB 7.02 vs 6.68 s, 47 files 1.9 vs 1.2 s.
-OBJECTS_PER_LOOP = 10_000
+# core. A worker costs ~0.5 s of start-up and pays where per-object work on the loop is the
+# bound. Measured on 2 cores (benchmarks/run.py, one sitting each, 2 loops against 1, after
+# the workers' state writes stopped holding SQLite's lock across loop turns): 2,816 files of
+# 87 KB 3.37 vs 4.03 s, 4,682 of 0.53 MB 7.54 vs 8.51 s, 37,113 of 60 KB 23.0 vs ~29 s;
+# but 4 files of 860 MB 7.99 vs 7.56 s and 47 files 1.9 vs 1.2 s (few objects: one loop).
+# Thousands of large objects would get two loops too; that case is not measured.
+OBJECTS_PER_LOOP = 1_000
 
 
 def event_loops(settings: Settings, to_fetch: int) -> int:
