@@ -5,8 +5,8 @@ does, for any reflected CRC), a multipart ETag from the MD5s of its parts (range
 to the part size keep every part inside one range). Pure computation.
 
 A plain MD5 or SHA-256 cannot be split; those keep the in-order follower of net/ranged.py.
-Combining costs a few hundred microseconds per range in Python (about 25 polynomial
-products for a 32 MiB range), nothing next to the range's own hashing."""
+Combining costs a few hundred microseconds per range in Python (some 25 polynomial
+products for a range of tens of MiB), nothing next to the range's own hashing."""
 
 from __future__ import annotations
 
