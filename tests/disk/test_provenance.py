@@ -7,13 +7,21 @@ from __future__ import annotations
 import asyncio
 import csv
 import errno
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from idc_sync.core.errors import LocalStorageError
-from idc_sync.disk.provenance import PROVENANCE_COLUMNS, provenance_row, write_provenance
+from idc_sync.disk.provenance import (
+    PROVENANCE_COLUMNS,
+    csv_text,
+    provenance_row,
+    write_provenance,
+)
 
 ROW = ("/m/a.dcm", "d98abc9a-0ddd-44a3-8646-df10344c49d7",
        "d98abc9a-0ddd-44a3-8646-df10344c49d7/0a1b2c3d-0000-4000-8000-000000000001.dcm",
@@ -51,3 +59,31 @@ def test_the_manifest_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
         asyncio.run(write_provenance(_Reports([ROW], fail=True), target))  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["provenance.csv"]
+
+
+_FIELD = st.one_of(
+    st.text(alphabet=st.sampled_from('ab.,"\r\n /-1'), max_size=8),
+    st.integers(min_value=0, max_value=10**12),
+)
+
+
+@given(st.lists(st.lists(_FIELD, min_size=12, max_size=12), max_size=6))
+def test_csv_text_is_what_csv_writer_writes(rows: list[list[Any]]) -> None:
+    """The plain join is taken only where csv.writer would quote nothing: commas, quotes
+    and line breaks inside fields come out byte for byte as csv.writer has them."""
+    expected = io.StringIO()
+    csv.writer(expected).writerows(rows)
+    assert csv_text(rows) == expected.getvalue()
+
+
+def test_unknown_values_are_empty_fields_and_a_doi_with_a_comma_is_quoted(
+    tmp_path: Path,
+) -> None:
+    odd = (*ROW[:5], None, "10.1/a,b", 100, None, None, 25, None)
+    target = tmp_path / "provenance.csv"
+    assert asyncio.run(write_provenance(_Reports([odd]), target)) == 1  # type: ignore[arg-type]
+    with target.open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["license_short_name"] == ""
+    assert row["source_DOI"] == "10.1/a,b"
+    assert row["checksum"] == row["fetched_at"] == ""
