@@ -128,9 +128,6 @@ class Transaction:
         """Run one named statement; returns how many rows it changed."""
         return int(self._connection.execute(self._queries[name], params or {}).rowcount)
 
-    def executemany(self, name: str, rows: Iterable[Params]) -> None:
-        self._connection.executemany(self._queries[name], rows)
-
     def fetchall(self, name: str, params: Params | None = None) -> list[Sequence[Any]]:
         return list(self._connection.execute(self._queries[name], params or {}).fetchall())
 
