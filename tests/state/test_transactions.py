@@ -53,19 +53,7 @@ def test_a_write_lock_held_by_another_process_for_a_while_is_waited_out(tmp_path
         await (await Database.open(path)).close()
 
     asyncio.run(create())
-    held = threading.Event()
-
-    def hold() -> None:
-        other = sqlite3.connect(path, timeout=1, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(1.5)
-        other.execute("COMMIT")
-        other.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait()
+    holder = _hold_write_lock(path, 1.5)
 
     async def write() -> float:
         db = await Database.open(path, create=False)
@@ -82,7 +70,7 @@ def test_a_write_lock_held_by_another_process_for_a_while_is_waited_out(tmp_path
     assert waited >= 1.0
 
 
-def _hold_write_lock(path: Path, seconds: float) -> tuple[threading.Thread, threading.Event]:
+def _hold_write_lock(path: Path, seconds: float) -> threading.Thread:
     """Another connection holds SQLite's write lock for ``seconds`` (on a thread)."""
     held = threading.Event()
 
@@ -97,7 +85,7 @@ def _hold_write_lock(path: Path, seconds: float) -> tuple[threading.Thread, thre
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait()
-    return holder, held
+    return holder
 
 
 def _meta(path: Path, key: str) -> list[tuple[str]]:
@@ -111,7 +99,7 @@ def test_run_transaction_waits_out_another_writer_off_the_event_loop(tmp_path: P
 
     async def go() -> tuple[float, int]:
         db = await Database.open(path)
-        holder, _ = _hold_write_lock(path, 1.0)
+        holder = _hold_write_lock(path, 1.0)
         ticks = 0
 
         async def tick() -> None:
@@ -168,7 +156,7 @@ def test_a_cancelled_run_transaction_ends_its_transaction_before_the_cancel(
 
     async def go() -> None:
         db = await Database.open(path)
-        holder, _ = _hold_write_lock(path, 0.5)
+        holder = _hold_write_lock(path, 0.5)
         try:
             task = asyncio.create_task(
                 db.run_transaction(lambda tx: tx.execute("set_meta", {"key": "k", "value": "v"}))
