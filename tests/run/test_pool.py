@@ -141,14 +141,22 @@ def _workers_once_files_flow(process: subprocess.Popen[str], destination: Path) 
     raise AssertionError("the run never got going")
 
 
+def _slow_series(
+    tmp_path: Path, s3_server: S3TestServer
+) -> tuple[list[dataset.Row], dict[tuple[str, str], bytes], Path]:
+    """Real qin_pet_phantom rows uploaded, GETs slowed to 50 ms so a run lasts long enough
+    to kill something in it: (rows, uploaded, destination)."""
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
+    return rows, uploaded, tmp_path / "mirror"
+
+
 @pytest.mark.slow
 def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
     tmp_path: Path, s3_server: S3TestServer
 ) -> None:
-    rows = dataset.selection("qin_pet_phantom_small")
-    uploaded = dataset.populate(s3_server, rows)
-    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
-    destination = tmp_path / "mirror"
+    rows, uploaded, destination = _slow_series(tmp_path, s3_server)
     started = time.monotonic()
     process = subprocess.Popen(
         _sync_command(destination, s3_server.endpoint, rows), stderr=subprocess.PIPE, text=True
@@ -169,10 +177,7 @@ def test_kill_9_of_a_worker_queues_its_series_again_at_once_and_loses_nothing(
 def test_workers_do_not_outlive_a_killed_parent_and_the_next_run_completes(
     tmp_path: Path, s3_server: S3TestServer
 ) -> None:
-    rows = dataset.selection("qin_pet_phantom_small")
-    uploaded = dataset.populate(s3_server, rows)
-    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
-    destination = tmp_path / "mirror"
+    rows, uploaded, destination = _slow_series(tmp_path, s3_server)
     command = _sync_command(destination, s3_server.endpoint, rows)
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, text=True)
     workers = _workers_once_files_flow(process, destination)
