@@ -71,8 +71,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.closed = False
         self.answered = False  # any byte of the current response arrived
         self.moved = 0  # bytes of the current low-speed window
+        self.window = 0.0  # loop time the current low-speed window began
         self.keep_alive = False  # the last response allows another request
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the low-speed check, while armed
         self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         self._response: ResponseParser | None = None
         self._waiter: asyncio.Future[ResponseParser] | None = None
@@ -146,6 +147,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.moved = 0
         self.transport.write(request)
         return self._waiter
+
+    @property
+    def busy(self) -> bool:
+        """A request is waiting for its answer."""
+        return self._waiter is not None and not self._waiter.done()
 
     def close(self) -> None:
         self.closed = True
@@ -279,15 +285,12 @@ class HttpClient:
             allocate=self._pool.take if borrow else None,
         )
         waiter = connection.send(request, parser)
-        self._watch(connection, waiter)
+        self._watch(connection)
         try:
             answer = await waiter
         except asyncio.CancelledError:
             connection.close()  # the rest of this response would poison the next request
             raise
-        finally:
-            if connection.timer is not None:
-                connection.timer.cancel()
         if connection.reusable and len(idle) < MAX_IDLE:
             idle.append(connection)
         else:
@@ -303,23 +306,42 @@ class HttpClient:
                 raise ProxyError(f"proxy {proxy.url} refuses the request: HTTP {response.status}")
         return response
 
-    def _watch(self, connection: _Connection, waiter: asyncio.Future[ResponseParser]) -> None:
-        """The low-speed rule: every ``seconds``, a window that moved too few bytes fails
-        the request."""
+    def _watch(self, connection: _Connection) -> None:
+        """The low-speed rule: every ``seconds`` from sending a request, a window that
+        moved too few bytes fails it.
+
+        A connection keeps one timer while it is in use; a request does not arm a timer of
+        its own (and cancel it when answered), because on a keep-alive connection at
+        thousands of requests a second that was ~3% of the event loop. When the timer
+        fires it judges the window only if a whole one has passed since the current
+        request began; otherwise it waits for the end of that request's first window."""
+        loop = asyncio.get_running_loop()
+        connection.window = loop.time()
+        if connection.timer is None:
+            self._arm(connection, connection.window + self.options.low_speed.seconds)
+
+    def _arm(self, connection: _Connection, when: float) -> None:
         rule = self.options.low_speed
         loop = asyncio.get_running_loop()
 
         def check() -> None:
-            if waiter.done():
+            connection.timer = None
+            if connection.closed or not connection.busy:
+                return  # the next request arms it again
+            now = loop.time()
+            due = connection.window + rule.seconds
+            if now < due:  # a later request began: its window is not over yet
+                self._arm(connection, due)
                 return
             stalled = rule.stalled(connection.moved, connection.origin.host)
             if stalled is not None:
                 connection.fail(stalled)
                 return
             connection.moved = 0
-            connection.timer = loop.call_at(loop.time() + rule.seconds, check)
+            connection.window = now
+            self._arm(connection, now + rule.seconds)
 
-        connection.timer = loop.call_at(loop.time() + rule.seconds, check)
+        connection.timer = loop.call_at(when, check)
 
     async def _connect(self, origin: Origin, proxy: Proxy | None) -> _Connection:
         loop = asyncio.get_running_loop()

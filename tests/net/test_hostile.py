@@ -81,6 +81,40 @@ def test_a_body_trickling_at_one_byte_a_second_is_abandoned_as_stalled() -> None
     with_client(test, lambda r, n: trickle(head, b"x" * 100))
 
 
+def test_a_stall_on_a_reused_connection_is_caught_within_two_windows() -> None:
+    # the low-speed timer belongs to the connection: the third request on it stalls
+    # after two quick ones and must still fail in about one window of the rule
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+
+    def script(request: bytes, number: int) -> list[Step]:
+        return [ok(b"y" * 10)] if number < 3 else trickle(head, b"x" * 100)
+
+    async def test(client: HttpClient, server: ScriptedServer) -> None:
+        for _ in range(2):
+            assert (await client.get(f"{server.url}/b/k", {}, 100)).body == b"y" * 10
+        started = time.monotonic()
+        with pytest.raises(StalledError):
+            await client.get(f"{server.url}/b/k", {}, 100)
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert server.connections == 1
+
+    with_client(test, script)
+
+
+def test_quick_requests_back_to_back_on_one_connection_never_trip_the_rule() -> None:
+    # each answer takes 0.4 s and sends 10 bytes: a window judged across two requests
+    # (bytes counted from the second's start only) would call the second one stalled
+    def script(request: bytes, number: int) -> list[Step]:
+        return [0.4, ok(b"z" * 10)]
+
+    async def test(client: HttpClient, server: ScriptedServer) -> None:
+        for _ in range(6):  # 2.4 s: past two windows of the rule
+            assert (await client.get(f"{server.url}/b/k", {}, 100)).body == b"z" * 10
+        assert server.connections == 1
+
+    with_client(test, script)
+
+
 def test_a_head_whose_answer_trickles_is_stalled() -> None:
     head = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5242880\r\n\r\n"
 
