@@ -5,6 +5,7 @@ steps: temp file -> hash -> fsync -> verify -> rename -> fsync directory -> reco
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -46,6 +47,32 @@ log = logging.getLogger(__name__)
 PAGE = 1000
 # A 412 to If-Match means the listing is stale: list the series again, this often per run.
 RELISTS_PER_SERIES = 2
+
+
+class _Unfinished:
+    """The objects of one series still to place, read from the queue a page at a time as
+    the runners of the series take them."""
+
+    def __init__(self, queue: Queue, crdc_series_uuid: str) -> None:
+        self._queue = queue
+        self._uuid = crdc_series_uuid
+        self._page: collections.deque[ObjectRow] = collections.deque()
+        self._after = ""
+        self._read_all = False
+        self._reading = asyncio.Lock()
+
+    async def next(self) -> ObjectRow | None:
+        """The next object, or None when every one has been handed out."""
+        if not self._page and not self._read_all:
+            async with self._reading:
+                if not self._page and not self._read_all:
+                    page = await self._queue.objects_to_fetch(self._uuid, self._after, PAGE)
+                    if page:
+                        self._after = page[-1].key
+                        self._page.extend(page)
+                    else:
+                        self._read_all = True
+        return self._page.popleft() if self._page else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,35 +244,32 @@ class Mirror:
                 survey.removed_temp_files, directory, extra=concerning,
             )  # fmt: skip
 
-        tasks: set[asyncio.Task[None]] = set()
-        after = ""
+        # Object slots are run-wide (``concurrency``). Each slot this series takes runs one
+        # runner that places the series' objects one after another until none are left:
+        # a task and a semaphore wait per object were ~7% of the event loop at 2,000
+        # files/s (37k files of 59 KB at 50 ms, py-spy).
+        todo = _Unfinished(self._queue, uuid)
+        runners: list[asyncio.Task[None]] = []  # at most one per slot: all kept, for errors
         try:
-            while self._stop_reason is None:
-                page = await self._queue.objects_to_fetch(uuid, after, PAGE)
-                if not page:
-                    break
-                after = page[-1].key
-                for obj in page:
-                    if self._stop_reason is not None:
-                        break
-                    await self._objects.acquire()
-                    on_disk = (
-                        obj.path.name in survey.files if obj.path.parent == directory else None
-                    )
-                    task = asyncio.create_task(self._object(work, obj, on_disk))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-            for ended in await asyncio.gather(*tasks, return_exceptions=True):
+            # a runner starts only for an object no runner has taken: it begins with that one
+            while self._stop_reason is None and (first := await todo.next()) is not None:
+                await self._objects.acquire()
+                if self._stop_reason is not None:
+                    self._objects.release()
+                    break  # ``first`` stays pending, as every object not begun
+                runner = asyncio.create_task(self._place_each(work, first, todo, survey.files))
+                runners.append(runner)
+                self._in_flight.add(runner)
+                runner.add_done_callback(self._in_flight.discard)
+            for ended in await asyncio.gather(*runners, return_exceptions=True):
                 # a cancelled object stays pending; anything else is a bug to surface
                 if isinstance(ended, BaseException) and not isinstance(
                     ended, asyncio.CancelledError
                 ):
                     raise ended
         finally:
-            for task in tasks:
-                task.cancel()
+            for runner in runners:
+                runner.cancel()
         await self._recorder.flush()
 
         tally = await self._queue.tally(uuid)
@@ -267,9 +291,21 @@ class Mirror:
                 extra=concerning,
             )  # fmt: skip
 
-    async def _object(self, work: SeriesWork, obj: ObjectRow, on_disk: bool | None) -> None:
+    async def _place_each(
+        self, work: SeriesWork, first: ObjectRow, todo: _Unfinished, surveyed: frozenset[str]
+    ) -> None:
+        """One object slot: place ``first``, then the series' other objects one at a time
+        until none are left or the run stops (the object in hand is finished first when
+        draining)."""
+        directory = str(work.directory)
+        obj: ObjectRow | None = first
         try:
-            await self._placer.place(work, obj, on_disk)
+            while obj is not None:
+                head, _, name = str(obj.path).rpartition(os.sep)
+                # the survey saw the series' own directory (None: not surveyed, look)
+                on_disk = name in surveyed if head == directory else None
+                await self._placer.place(work, obj, on_disk)
+                obj = await todo.next() if self._stop_reason is None else None
         finally:
             self._objects.release()
 
