@@ -7,7 +7,9 @@ The CRCs come from awscrt (CRC64NVME, CRC32C) and zlib (CRC32): all three take a
 and release the GIL, so a receive buffer is hashed in place on its own thread. Measured
 here on a 64 MiB memoryview: CRC64NVME 8.6 GB/s, CRC32C 6.6 GB/s, CRC32 3.5 GB/s, SHA-256
 1.5 GB/s, MD5 0.63 GB/s. google-crc32c is faster on ``bytes`` but takes nothing else, and
-copying a bytearray into bytes first brought it down to 1 GB/s."""
+copying a bytearray into bytes first brought it down to 1 GB/s. awscrt is imported when a
+CRC is first asked for: it is ~50 ms of every process's start-up (a tenth of a worker
+process's imports), and a run that verifies by MD5 never needs it."""
 
 from __future__ import annotations
 
@@ -18,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from awscrt import checksums
-
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from hashlib import _Hash
 
 Buffer = bytes | bytearray | memoryview
@@ -45,6 +46,19 @@ class Digests:
 def crc_b64(value: int, width_bytes: int) -> str:
     """A CRC as the wire carries it: big-endian bytes in base64."""
     return base64.b64encode(value.to_bytes(width_bytes, "big")).decode("ascii")
+
+
+def crc_function(name: str) -> Callable[[Buffer, int], int]:
+    """The running CRC ``name`` ("crc32", "crc32c" or "crc64nvme"): f(data, crc) -> crc."""
+    if name == "crc32":
+        return zlib.crc32
+    from awscrt import checksums  # on first use: see the module docstring
+
+    functions: dict[str, Callable[[Buffer, int], int]] = {
+        "crc32c": checksums.crc32c,
+        "crc64nvme": checksums.crc64nvme,
+    }
+    return functions[name]
 
 
 class StreamHasher:
@@ -72,6 +86,8 @@ class StreamHasher:
         self._sha256: _Hash | None = hashlib.sha256() if sha256 else None
         self._crc32c: int | None = 0 if crc32c else None
         self._crc64nvme: int | None = 0 if crc64nvme else None
+        self._crc32c_of = crc_function("crc32c") if crc32c else None
+        self._crc64nvme_of = crc_function("crc64nvme") if crc64nvme else None
         self._crc32: int | None = 0 if crc32 else None
         self._part_size = part_size
         # Multipart state: the running MD5 of the closed parts' binary digests (no list grows
@@ -116,10 +132,10 @@ class StreamHasher:
         self._size += length
         if self._md5 is not None:
             self._md5.update(view)
-        if self._crc64nvme is not None:
-            self._crc64nvme = checksums.crc64nvme(view, self._crc64nvme)
-        if self._crc32c is not None:
-            self._crc32c = checksums.crc32c(view, self._crc32c)
+        if self._crc64nvme is not None and self._crc64nvme_of is not None:
+            self._crc64nvme = self._crc64nvme_of(view, self._crc64nvme)
+        if self._crc32c is not None and self._crc32c_of is not None:
+            self._crc32c = self._crc32c_of(view, self._crc32c)
         if self._crc32 is not None:
             self._crc32 = zlib.crc32(view, self._crc32)
         if self._sha256 is not None:

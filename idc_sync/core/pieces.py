@@ -11,13 +11,10 @@ products for a range of tens of MiB), nothing next to the range's own hashing.""
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from awscrt import checksums
-
-from idc_sync.core.hashing import Buffer, Digests, StreamHasher, crc_b64
+from idc_sync.core.hashing import Buffer, Digests, StreamHasher, crc_b64, crc_function
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -66,12 +63,6 @@ CRCS = {
     "crc64nvme": Crc("crc64nvme", 64, 0x9A6C9329AC4BC9B5),
 }
 
-_UPDATE = {
-    "crc32": zlib.crc32,
-    "crc32c": checksums.crc32c,
-    "crc64nvme": checksums.crc64nvme,
-}
-
 
 def splittable(hasher: StreamHasher) -> bool:
     """Whether what ``hasher`` computes can be computed in pieces and combined."""
@@ -92,6 +83,7 @@ class PieceHasher:
     def __init__(self, hasher: StreamHasher, start: int) -> None:
         names = hasher.computes
         self.crcs = {name: 0 for name in CRCS if name in names}
+        self._crc_of = {name: crc_function(name) for name in self.crcs}
         self.part_size = hasher.part_size if "multipart" in names else None
         if self.part_size is not None and start % self.part_size:
             raise ValueError(f"piece at {start} is not aligned to {self.part_size}-byte parts")
@@ -104,7 +96,7 @@ class PieceHasher:
         view = memoryview(data).cast("B")
         self.length += view.nbytes
         for name, value in self.crcs.items():
-            self.crcs[name] = _UPDATE[name](view, value)
+            self.crcs[name] = self._crc_of[name](view, value)
         if self.part_size is not None:
             self._parts(view)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import itertools
 import random
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from functools import partial
@@ -83,3 +85,19 @@ def test_only_crcs_and_multipart_etags_split() -> None:
     assert not splittable(StreamHasher(md5=True, crc32c=True))
     assert not splittable(StreamHasher(md5=False))  # nothing to hash: nothing to split
     assert set(CRCS) == {"crc32", "crc32c", "crc64nvme"}
+
+
+def test_awscrt_is_imported_only_when_a_crc_is_asked_for() -> None:
+    # awscrt is ~50 ms of every process's start-up; an MD5 run must not pay it
+    probe = (
+        "import sys, idc_sync.cli.main, idc_sync.run.worker\n"
+        "from idc_sync.core.hashing import StreamHasher\n"
+        "StreamHasher(md5=True).update(b'x')\n"
+        "print('awscrt' in sys.modules)\n"
+        "StreamHasher(md5=False, crc64nvme=True).update(b'x')\n"
+        "print('awscrt' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["False", "True"]
