@@ -14,6 +14,7 @@ from idc_sync.core.model import CollectionStatus, Problem
 from idc_sync.run.binding import bind
 from idc_sync.run.objects import NoProgress, ProgressSink
 from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_into, resolve_plan
+from idc_sync.run.pool import Prestarted
 from idc_sync.run.round import RoundOutcome, run_round
 from idc_sync.run.select import selection_of
 from idc_sync.state.database import peek_selection
@@ -72,8 +73,11 @@ async def sync(
     state_db = settings.state_path / STATE_DB
     # Resolve before the lock is taken or anything is written: a typo changes nothing.
     stored = peek_selection(state_db)
-    resolved: Resolved | None = await resolve_plan(settings, given, stored)
+    # the round's worker processes import meanwhile, on a core this one leaves idle
+    spares = await Prestarted.start(settings)
+    resolved: Resolved | None = None
     try:
+        resolved = await resolve_plan(settings, given, stored)
         with StateLock(settings.state_path):
             async with await State.open(state_db) as state:
                 await bind(
@@ -98,7 +102,7 @@ async def sync(
                     outcome.tally.files, outcome.tally.bytes,
                     sum(c.files_done for c in before), sum(c.bytes_done for c in before),
                 )  # fmt: skip
-                ran = await run_round(state, settings, sink)
+                ran = await run_round(state, settings, sink, spares=spares)
                 return SyncReport(
                     outcome,
                     ran,
@@ -110,6 +114,7 @@ async def sync(
     finally:
         if resolved is not None:  # refused before the plan began
             resolved.close()
+        await spares.close()
 
 
 async def plan(settings: Settings, arguments: Sequence[str] = ()) -> PlanReport:

@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 STOP_SECONDS = 10.0
 
 # With ``workers = 0``, one more event loop per this many objects to fetch, up to one per
-# core. A worker costs ~0.5 s of start-up and pays where per-object work on the loop is the
-# bound. Measured on 2 cores (benchmarks/run.py, one sitting each, 2 loops against 1, after
-# the workers' state writes stopped holding SQLite's lock across loop turns): 2,816 files of
-# 87 KB 3.37 vs 4.03 s, 4,682 of 0.53 MB 7.54 vs 8.51 s, 37,113 of 60 KB 23.0 vs ~29 s;
+# core. A worker costs ~0.5 s of start-up (overlapping the plan when it was prestarted)
+# and pays where per-object work on the loop is the bound. Measured on 2 cores
+# (benchmarks/run.py, one sitting each, 2 loops against 1, after the workers' state writes
+# stopped holding SQLite's lock across loop turns): 2,816 files of 87 KB 3.37 vs 4.03 s,
+# 4,682 of 0.53 MB 7.54 vs 8.51 s, 37,113 of 60 KB 23.0 vs ~29 s;
 # but 4 files of 860 MB 7.99 vs 7.56 s and 47 files 1.9 vs 1.2 s (few objects: one loop).
 # Thousands of large objects would get two loops too; that case is not measured.
 OBJECTS_PER_LOOP = 1_000
@@ -69,6 +70,69 @@ def share(settings: Settings, loops: int) -> Settings:
     )
 
 
+async def _spawn() -> asyncio.subprocess.Process:
+    """A worker process: it imports its modules, then waits for its first line."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "idc_sync.run.worker",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+# At most this many worker processes are started before the plan (Prestarted): one that
+# the round turns out not to need costs ~0.4 CPU-s and ~60 MB until it is stopped, which a
+# 32-core machine should not pay 31 times for a re-sync with nothing to fetch.
+PRESTARTED = 3
+
+
+class Prestarted:
+    """Worker processes started before the plan exists, as many as the settings could call
+    for (at most PRESTARTED): a worker's imports are ~0.4 s of CPU, and begun at once they
+    run on a core the parent's own start-up (imports, resolving the selection, planning)
+    leaves idle, so the round's workers take their first series as the round begins
+    instead of ~0.5 s later (2,816 files of 87 KB on 2 cores: the worker's first message
+    0.02-0.10 s after the parent's loop started, against 0.41-0.60 s). A round takes what
+    it needs (``WorkerPool.start``); ``close`` stops the others, which never heard a word:
+    a worker reads nothing before its first line, its settings."""
+
+    def __init__(self) -> None:
+        self._processes: list[asyncio.subprocess.Process] = []
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Prestarted:
+        spares = cls()
+        try:
+            for _ in range(min(PRESTARTED, event_loops(settings, sys.maxsize) - 1)):
+                spares._processes.append(await _spawn())
+        except BaseException:
+            await spares.close()
+            raise
+        return spares
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
+    def take(self) -> asyncio.subprocess.Process | None:
+        """A started worker process that has been told nothing yet, if one is left."""
+        return self._processes.pop() if self._processes else None
+
+    async def close(self) -> None:
+        """Stop the processes no round took (SIGTERM, then SIGKILL)."""
+        spares, self._processes = self._processes, []
+        for process in spares:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        for process in spares:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_SECONDS)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            if process.stdin is not None:
+                process.stdin.close()
+
+
 @dataclass(slots=True)
 class _Worker:
     process: asyncio.subprocess.Process
@@ -86,8 +150,8 @@ class _Sinks:
 
 
 class WorkerPool:
-    """Worker processes for one round; ``start`` them early (their start-up overlaps the
-    plan), ``go`` when the queue is planned, ``close`` always."""
+    """Worker processes for one round; ``start`` them (from ``Prestarted`` ones where there
+    are: their imports then overlap the plan), ``go`` at once, ``close`` always."""
 
     def __init__(self, settings: Settings, count: int) -> None:
         self._settings = settings
@@ -104,14 +168,11 @@ class WorkerPool:
     def size(self) -> int:
         return len(self._workers)
 
-    async def start(self) -> None:
-        """Start the workers; they import and open their engines meanwhile."""
+    async def start(self, spares: Prestarted | None = None) -> None:
+        """Start the workers, taking ``spares`` first; they open their engines meanwhile."""
         first = {"settings": self._settings.model_dump(mode="json")}
         for _ in range(self._count):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "idc_sync.run.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            process = (spares.take() if spares is not None else None) or await _spawn()
             inbox = Inbox(_Ignore(), _Ignore(), None, lambda owner: None, self._worker_stopped)
             worker = _Worker(process, inbox)
             self._workers.append(worker)

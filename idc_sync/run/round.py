@@ -26,7 +26,7 @@ from idc_sync.run.attempts import FailureObserver, NoObserver
 from idc_sync.run.channel import add_up
 from idc_sync.run.mirror import Mirror, MirrorOptions
 from idc_sync.run.objects import ProgressSink, RunSummary
-from idc_sync.run.pool import WorkerPool, event_loops, share
+from idc_sync.run.pool import Prestarted, WorkerPool, event_loops, share
 from idc_sync.state.store import State
 
 
@@ -137,16 +137,20 @@ async def run_round(
     meter: RequestMeter | None = None,
     started: Callable[[Drainable], None] = lambda workers: None,
     finish: Callable[[], bool] = lambda: True,
+    spares: Prestarted | None = None,
 ) -> RoundOutcome:
     """Run the workers over the queue, then finish the round when it ran to its end and
     ``finish()`` still says so (not when it was stopped, by a full disk or a drain).
     ``started`` is handed the workers (the daemon drains them on SIGTERM); ``meter`` is
     told of every request. Worker processes are started as the settings and the objects
-    left to fetch call for (run/pool.py)."""
+    left to fetch call for (run/pool.py), from ``spares`` first; the spares not taken are
+    stopped."""
     totals = await state.reports.collection_totals()
     to_fetch = sum(max(0, c.files_expected - c.files_done) for c in totals)
     if (pool := start_pool(settings, to_fetch)) is not None:
-        await pool.start()
+        await pool.start(spares)
+    if spares is not None:
+        await spares.close()
     loops = 1 if pool is None else pool.size + 1
     mine = settings if pool is None else share(settings, loops)
 

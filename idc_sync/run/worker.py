@@ -3,9 +3,11 @@ its own event loop, transfer engines and state connection, leasing series from t
 SQLite queue as its parent and every other worker. It never plans, retires or writes the
 provenance manifest; it reports over its standard output (run/channel.py).
 
-Its first input line is the round's settings and this worker's share of them; it opens
-its engines and says ``ready``, then waits for ``go`` (so its start-up overlaps the
-parent's planning). SIGTERM, or the parent going away (end of input), cancels what is in
+It is usually started before the parent has planned (run/pool.py's Prestarted): it
+imports its modules, then waits for its first input line, the round's settings and this
+worker's share of them; it opens its engines and says ``ready``, then waits for ``go``. So
+its start-up overlaps the parent's, and a worker the round does not need is stopped
+before it was told anything. SIGTERM, or the parent going away (end of input), cancels what is in
 flight: a cancelled file never reaches its final name, and the parent queues the series
 again."""
 

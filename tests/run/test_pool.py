@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+import idc_sync.run.jobs
+import idc_sync.run.plan
+import idc_sync.run.pool
 import idc_sync.run.round
 from idc_sync.config import Settings
+from idc_sync.core.errors import SelectionError
 from idc_sync.run.jobs import sync
 from idc_sync.run.pool import OBJECTS_PER_LOOP, WorkerPool, event_loops
 from idc_sync.run.round import start_pool
@@ -110,6 +114,133 @@ def test_the_default_runs_one_event_loop_per_ten_thousand_objects_up_to_one_per_
         tmp_path, "http://127.0.0.1:9", [], workers=workers, max_bytes_per_second=1_000_000
     )
     assert event_loops(capped, to_fetch) == 1  # a bandwidth cap is exact in one process
+
+
+class Spawns:
+    """Counts the worker processes started (run/pool.py's _spawn) and when."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.before_plan = 0
+        real = idc_sync.run.pool._spawn
+
+        async def spawn() -> asyncio.subprocess.Process:
+            process = await real()
+            self.processes.append(process)
+            return process
+
+        planning = idc_sync.run.plan.plan_into
+
+        async def plan_into(*args: object, **kwargs: object) -> object:
+            self.before_plan = len(self.processes)
+            return await planning(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(idc_sync.run.pool, "_spawn", spawn)
+        monkeypatch.setattr(idc_sync.run.jobs, "plan_into", plan_into)
+
+    def all_gone(self) -> bool:
+        return all(p.returncode is not None for p in self.processes)
+
+
+@pytest.mark.slow
+def test_the_round_runs_the_worker_processes_started_before_the_plan(
+    tmp_path: Path, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.03, on=["GET"])
+    settings = settings_for(tmp_path, s3_server.endpoint, rows, workers=3, series_concurrency=3)
+    spawns = Spawns(monkeypatch)
+    pools: list[WorkerPool] = []
+
+    def spied(given: Settings, to_fetch: int) -> WorkerPool | None:
+        pool = start_pool(given, to_fetch)
+        if pool is not None:
+            pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(idc_sync.run.round, "start_pool", spied)
+    report = asyncio.run(sync(settings))
+
+    assert report.ok, report.problems
+    # both workers were started before the plan, and no others after it
+    assert spawns.before_plan == 2
+    assert len(spawns.processes) == 2
+    (pool,) = pools
+    assert 0 < pool.summary().files_fetched < len(uploaded)
+    assert spawns.all_gone()
+    assert_mirrored(settings.mirror_root, rows, uploaded)
+
+
+@pytest.mark.slow
+def test_prestarted_workers_a_round_does_not_need_are_stopped(
+    tmp_path: Path, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # four cores could take four loops; 47 files need one: the three spares must go
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    rows = dataset.selection("two")
+    uploaded = dataset.populate(s3_server, rows)
+    settings = settings_for(tmp_path, s3_server.endpoint, rows)
+    spawns = Spawns(monkeypatch)
+
+    report = asyncio.run(sync(settings))
+
+    assert report.ok, report.problems
+    assert spawns.before_plan == 3
+    assert spawns.all_gone()
+    assert report.round.summary.files_fetched == len(uploaded)
+
+
+def test_a_refused_selection_stops_the_prestarted_workers(
+    tmp_path: Path, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    settings = settings_for(tmp_path, s3_server.endpoint, [], collections=["lidc_idrii"])
+    spawns = Spawns(monkeypatch)
+
+    with pytest.raises(SelectionError, match="lidc_idrii"):
+        asyncio.run(sync(settings))
+
+    assert len(spawns.processes) == 1
+    assert spawns.all_gone()
+    assert not settings.mirror_root.exists()
+
+
+def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    # a parent killed while it resolves or plans leaves workers that were told nothing:
+    # they must see it and go, whether still importing or waiting for their settings
+    parent = (
+        "import asyncio, os, signal, sys\n"
+        "from idc_sync.config import load_settings\n"
+        "from idc_sync.run.pool import Prestarted\n"
+        f"settings = load_settings(None, destination={str(tmp_path)!r}, workers=3)\n"
+        "async def main():\n"
+        "    spares = await Prestarted.start(settings)\n"
+        "    print(' '.join(map(str, spares.pids)), flush=True)\n"
+        "    await asyncio.sleep(float(sys.argv[1]))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+    for wait in (0.0, 2.0):  # mid-import, then blocked on the first line
+        done = subprocess.run(
+            [sys.executable, "-c", parent, str(wait)], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        pids = [int(pid) for pid in done.stdout.split()]
+        assert len(pids) == 2
+        gone_by = time.monotonic() + 15
+        while time.monotonic() < gone_by and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        assert not [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except FileNotFoundError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
