@@ -41,6 +41,20 @@ class Counting:
         self.files.append((size, fetched, ok))
 
 
+def spy_on_pools(monkeypatch: pytest.MonkeyPatch) -> list[WorkerPool]:
+    """The worker pools the rounds of this test start, as they start them."""
+    pools: list[WorkerPool] = []
+
+    def spied(given: Settings, to_fetch: int) -> WorkerPool | None:
+        pool = start_pool(given, to_fetch)
+        if pool is not None:
+            pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(idc_sync.run.round, "start_pool", spied)
+    return pools
+
+
 @pytest.mark.slow
 def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
     tmp_path: Path,
@@ -57,15 +71,7 @@ def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
     settings = settings_for(tmp_path, s3_server.endpoint, rows, workers=3, series_concurrency=3)
     counting = Counting()
 
-    pools: list[WorkerPool] = []
-
-    def spied(given: Settings, to_fetch: int) -> WorkerPool | None:
-        pool = start_pool(given, to_fetch)
-        if pool is not None:
-            pools.append(pool)
-        return pool
-
-    monkeypatch.setattr(idc_sync.run.round, "start_pool", spied)
+    pools = spy_on_pools(monkeypatch)
     with caplog.at_level(logging.INFO, logger="idc_sync"):
         report = asyncio.run(sync(settings, lambda *totals: counting))
 
@@ -151,15 +157,7 @@ def test_the_round_runs_the_worker_processes_started_before_the_plan(
     s3_server.faults.add("latency", seconds=0.03, on=["GET"])
     settings = settings_for(tmp_path, s3_server.endpoint, rows, workers=3, series_concurrency=3)
     spawns = Spawns(monkeypatch)
-    pools: list[WorkerPool] = []
-
-    def spied(given: Settings, to_fetch: int) -> WorkerPool | None:
-        pool = start_pool(given, to_fetch)
-        if pool is not None:
-            pools.append(pool)
-        return pool
-
-    monkeypatch.setattr(idc_sync.run.round, "start_pool", spied)
+    pools = spy_on_pools(monkeypatch)
     report = asyncio.run(sync(settings))
 
     assert report.ok, report.problems
