@@ -71,10 +71,15 @@ def share(settings: Settings, loops: int) -> Settings:
 
 
 async def _spawn() -> asyncio.subprocess.Process:
-    """A worker process: it imports its modules, then waits for its first line."""
+    """A worker process: it imports its modules, then waits for its first line. It has a
+    session (so a process group) of its own, so a Ctrl-C at the terminal reaches the parent
+    only, which decides what the workers do: else one still importing or waiting for its
+    settings (the whole plan, when it was prestarted) would die of it with a traceback.
+    (uvloop takes ``start_new_session`` but not ``process_group``.) The parent's death
+    still reaches it: PR_SET_PDEATHSIG and the end of its input (run/worker.py)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "idc_sync.run.worker",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
 
 

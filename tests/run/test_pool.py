@@ -208,7 +208,7 @@ def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> No
     # a parent killed while it resolves or plans leaves workers that were told nothing:
     # they must see it and go, whether still importing or waiting for their settings
     parent = (
-        "import asyncio, os, signal, sys\n"
+        "import asyncio, os, signal, sys, uvloop\n"
         "from idc_sync.config import load_settings\n"
         "from idc_sync.run.pool import Prestarted\n"
         f"settings = load_settings(None, destination={str(tmp_path)!r}, workers=3)\n"
@@ -217,7 +217,7 @@ def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> No
         "    print(' '.join(map(str, spares.pids)), flush=True)\n"
         "    await asyncio.sleep(float(sys.argv[1]))\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "asyncio.run(main())\n"
+        "uvloop.run(main())  # the loop the CLI runs\n"
     )
     for wait in (0.0, 2.0):  # mid-import, then blocked on the first line
         done = subprocess.run(
@@ -231,6 +231,36 @@ def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> No
         while time.monotonic() < gone_by and any(_alive(pid) for pid in pids):
             time.sleep(0.1)
         assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_a_ctrl_c_at_the_terminal_reaches_the_parent_only(tmp_path: Path) -> None:
+    # the terminal sends SIGINT to its foreground process group: prestarted workers,
+    # importing or waiting for their settings, must neither die of it nor print a traceback
+    parent = (
+        "import asyncio, os, signal, sys, uvloop\n"
+        "from idc_sync.config import load_settings\n"
+        "from idc_sync.run.pool import Prestarted\n"
+        f"settings = load_settings(None, destination={str(tmp_path)!r}, workers=3)\n"
+        "async def main():\n"
+        "    spares = await Prestarted.start(settings)\n"
+        "    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, lambda: None)\n"
+        "    await asyncio.sleep(float(sys.argv[1]))\n"
+        "    os.killpg(os.getpgid(0), signal.SIGINT)\n"
+        "    await asyncio.sleep(1.5)\n"
+        "    print(' '.join(str(int(_alive)) for _alive in\n"
+        "          [os.path.exists(f'/proc/{pid}') for pid in spares.pids]), flush=True)\n"
+        "    await spares.close()\n"
+        "uvloop.run(main())  # the loop the CLI runs\n"
+    )
+    for wait in (0.1, 2.0):  # mid-import, then blocked on the first line
+        done = subprocess.run(
+            [sys.executable, "-c", parent, str(wait)], capture_output=True, text=True,
+            timeout=60, check=False, start_new_session=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["1", "1"]  # both still there after the Ctrl-C
+        assert "Traceback" not in done.stderr
+        assert "KeyboardInterrupt" not in done.stderr
 
 
 def _alive(pid: int) -> bool:
