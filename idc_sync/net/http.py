@@ -311,10 +311,10 @@ class HttpClient:
         moved too few bytes fails it.
 
         A connection keeps one timer while it is in use; a request does not arm a timer of
-        its own (and cancel it when answered), because on a keep-alive connection at
-        thousands of requests a second that was ~3% of the event loop. When the timer
-        fires it judges the window only if a whole one has passed since the current
-        request began; otherwise it waits for the end of that request's first window."""
+        its own (and cancel it when answered): at thousands of requests a second that was
+        ~3% of the event loop's py-spy samples. When the timer fires it judges the window
+        only if a whole one has passed since the current request began; otherwise it
+        waits for the end of that request's first window."""
         loop = asyncio.get_running_loop()
         connection.window = loop.time()
         if connection.timer is None:

@@ -246,8 +246,9 @@ class Mirror:
 
         # Object slots are run-wide (``concurrency``). Each slot this series takes runs one
         # runner that places the series' objects one after another until none are left:
-        # a task and a semaphore wait per object were ~7% of the event loop at 2,000
-        # files/s (37k files of 59 KB at 50 ms, py-spy).
+        # a task and a semaphore wait per object were ~7% of the event loop's py-spy
+        # samples at 2,000 files/s (37k files of 59 KB at 50 ms); in wall time the gain
+        # is within this machine's noise (README, Performance).
         todo = _Unfinished(self._queue, uuid)
         runners: list[asyncio.Task[None]] = []  # at most one per slot: all kept, for errors
         try:
