@@ -204,20 +204,29 @@ def test_a_refused_selection_stops_the_prestarted_workers(
     assert not settings.mirror_root.exists()
 
 
-def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
-    # a parent killed while it resolves or plans leaves workers that were told nothing:
-    # they must see it and go, whether still importing or waiting for their settings
-    parent = (
+def _with_spares(tmp_path: Path, body: str) -> str:
+    """A parent program (python -c) that starts the spare workers of a three-loop sync on
+    uvloop, as the CLI does, then runs ``body`` with them as ``spares``."""
+    return (
         "import asyncio, os, signal, sys, uvloop\n"
         "from idc_sync.config import load_settings\n"
         "from idc_sync.run.pool import Prestarted\n"
         f"settings = load_settings(None, destination={str(tmp_path)!r}, workers=3)\n"
         "async def main():\n"
         "    spares = await Prestarted.start(settings)\n"
+        f"{body}"
+        "uvloop.run(main())\n"
+    )
+
+
+def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    # a parent killed while it resolves or plans leaves workers that were told nothing:
+    # they must see it and go, whether still importing or waiting for their settings
+    parent = _with_spares(
+        tmp_path,
         "    print(' '.join(map(str, spares.pids)), flush=True)\n"
         "    await asyncio.sleep(float(sys.argv[1]))\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "uvloop.run(main())  # the loop the CLI runs\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n",
     )
     for wait in (0.0, 2.0):  # mid-import, then blocked on the first line
         done = subprocess.run(
@@ -236,21 +245,15 @@ def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> No
 def test_a_ctrl_c_at_the_terminal_reaches_the_parent_only(tmp_path: Path) -> None:
     # the terminal sends SIGINT to its foreground process group: prestarted workers,
     # importing or waiting for their settings, must neither die of it nor print a traceback
-    parent = (
-        "import asyncio, os, signal, sys, uvloop\n"
-        "from idc_sync.config import load_settings\n"
-        "from idc_sync.run.pool import Prestarted\n"
-        f"settings = load_settings(None, destination={str(tmp_path)!r}, workers=3)\n"
-        "async def main():\n"
-        "    spares = await Prestarted.start(settings)\n"
+    parent = _with_spares(
+        tmp_path,
         "    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, lambda: None)\n"
         "    await asyncio.sleep(float(sys.argv[1]))\n"
         "    os.killpg(os.getpgid(0), signal.SIGINT)\n"
         "    await asyncio.sleep(1.5)\n"
         "    print(' '.join(str(int(_alive)) for _alive in\n"
         "          [os.path.exists(f'/proc/{pid}') for pid in spares.pids]), flush=True)\n"
-        "    await spares.close()\n"
-        "uvloop.run(main())  # the loop the CLI runs\n"
+        "    await spares.close()\n",
     )
     for wait in (0.1, 2.0):  # mid-import, then blocked on the first line
         done = subprocess.run(
