@@ -219,6 +219,15 @@ def _with_spares(tmp_path: Path, body: str) -> str:
     )
 
 
+def _run_parent(parent: str, wait: float) -> subprocess.CompletedProcess[str]:
+    """Run a ``_with_spares`` program with ``wait`` as its argument, in a session of its
+    own (a signal it sends its process group reaches nothing of the test's)."""
+    return subprocess.run(
+        [sys.executable, "-c", parent, str(wait)], capture_output=True, text=True,
+        timeout=60, check=False, start_new_session=True,
+    )  # fmt: skip
+
+
 def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     # a parent killed while it resolves or plans leaves workers that were told nothing:
     # they must see it and go, whether still importing or waiting for their settings
@@ -229,10 +238,7 @@ def test_prestarted_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> No
         "    os.kill(os.getpid(), signal.SIGKILL)\n",
     )
     for wait in (0.0, 2.0):  # mid-import, then blocked on the first line
-        done = subprocess.run(
-            [sys.executable, "-c", parent, str(wait)], capture_output=True, text=True,
-            timeout=60, check=False,
-        )  # fmt: skip
+        done = _run_parent(parent, wait)
         assert done.returncode == -signal.SIGKILL, done.stderr
         pids = [int(pid) for pid in done.stdout.split()]
         assert len(pids) == 2
@@ -256,10 +262,7 @@ def test_a_ctrl_c_at_the_terminal_reaches_the_parent_only(tmp_path: Path) -> Non
         "    await spares.close()\n",
     )
     for wait in (0.1, 2.0):  # mid-import, then blocked on the first line
-        done = subprocess.run(
-            [sys.executable, "-c", parent, str(wait)], capture_output=True, text=True,
-            timeout=60, check=False, start_new_session=True,
-        )  # fmt: skip
+        done = _run_parent(parent, wait)
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["1", "1"]  # both still there after the Ctrl-C
         assert "Traceback" not in done.stderr
