@@ -83,6 +83,20 @@ async def _spawn() -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
+    """SIGTERM each process, then SIGKILL those still running after STOP_SECONDS."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            await asyncio.wait_for(process.wait(), STOP_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
 # At most this many worker processes are started before the plan (Prestarted): one that
 # the round turns out not to need costs ~0.4 CPU-s and ~60 MB until it is stopped, which a
 # 32-core machine should not pay 31 times for a re-sync with nothing to fetch.
@@ -124,16 +138,8 @@ class Prestarted:
     async def close(self) -> None:
         """Stop the processes no round took (SIGTERM, then SIGKILL)."""
         spares, self._processes = self._processes, []
+        await _stop(spares)
         for process in spares:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in spares:
-            try:
-                await asyncio.wait_for(process.wait(), STOP_SECONDS)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
             if process.stdin is not None:
                 process.stdin.close()
 
@@ -269,17 +275,7 @@ class WorkerPool:
 
     async def close(self) -> None:
         """Stop what still runs (SIGTERM, then SIGKILL), and queue its series again."""
-        alive = [w for w in self._workers if w.process.returncode is None]
-        for worker in alive:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signal.SIGTERM)
-        for worker in alive:
-            try:
-                await asyncio.wait_for(worker.process.wait(), STOP_SECONDS)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.kill()
-                await worker.process.wait()
+        await _stop([w.process for w in self._workers if w.process.returncode is None])
         readers = [w.reader for w in self._workers if w.reader is not None]
         await asyncio.gather(*readers, return_exceptions=True)
         for worker in self._workers:
