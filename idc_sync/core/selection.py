@@ -141,6 +141,16 @@ def stored_selection(rows: Iterable[tuple[str, str, str]]) -> Selection:
     )
 
 
+def names_nothing_new(given: Selection, stored: Iterable[tuple[str, str, str]]) -> bool:
+    """Whether every value this run names is already in the mirror's selection (the state's
+    (part, value, origin) rows). Identifiers count as new: what each one is recognised as
+    is known only once the index is read."""
+    if given.identifiers:
+        return False
+    held = {(part, value) for part, value, _origin in stored}
+    return all((part, value) in held for part, value, _origin in given.entries())
+
+
 def merged(given: Selection, held: Selection) -> Selection:
     """This run's selection together with the mirror's own (``held``): what a plan resolves
     when the run does not prune. Values this run names itself count as given."""

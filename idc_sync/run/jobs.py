@@ -11,13 +11,14 @@ from pathlib import Path
 
 from idc_sync.config import Settings
 from idc_sync.core.model import CollectionStatus, Problem
+from idc_sync.core.selection import names_nothing_new
 from idc_sync.run.binding import bind
 from idc_sync.run.objects import NoProgress, ProgressSink
 from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_into, resolve_plan
 from idc_sync.run.pool import Prestarted
 from idc_sync.run.round import RoundOutcome, run_round
 from idc_sync.run.select import selection_of
-from idc_sync.state.database import peek_selection
+from idc_sync.state.database import peek_complete, peek_selection
 from idc_sync.state.lock import StateLock
 from idc_sync.state.reports import Held
 from idc_sync.state.store import STATE_DB, State
@@ -73,8 +74,12 @@ async def sync(
     state_db = settings.state_path / STATE_DB
     # Resolve before the lock is taken or anything is written: a typo changes nothing.
     stored = peek_selection(state_db)
-    # the round's worker processes import meanwhile, on a core this one leaves idle
-    spares = await Prestarted.start(settings)
+    # The round's worker processes import meanwhile, on a core this one leaves idle; but not
+    # on a re-sync that names nothing new of a mirror the last run completed, which most
+    # likely has nothing to fetch (a newer release does: its round starts workers itself).
+    # ct-sized mirror, up to date, 2 cores: 0.84-1.11 s without the spare, 1.09-1.40 with.
+    idle = names_nothing_new(given, stored) and peek_complete(state_db)
+    spares = Prestarted() if idle else await Prestarted.start(settings)
     resolved: Resolved | None = None
     try:
         resolved = await resolve_plan(settings, given, stored)

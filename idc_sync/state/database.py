@@ -20,7 +20,15 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -91,29 +99,52 @@ def storage_error(error: sqlite3.Error, path: Path) -> Exception:
     return error
 
 
-def peek_selection(path: Path) -> list[tuple[str, str, str]]:
-    """The mirror's own selection (part, value, origin), read without opening the state for
-    writing (no migration, no lock): what a run resolves before it takes the state's lock.
-    Empty for a state that has none yet."""
+@contextlib.contextmanager
+def _peeking(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """The state at ``path`` opened for reading only, without opening it for writing (no
+    migration, no lock): None when there is no state file."""
     if not path.exists():
-        return []
+        yield None
+        return
     # Without a WAL file nobody is writing: read it as immutable, which leaves no -shm or
     # -wal file behind (a refused run must change nothing). A write that starts meanwhile
-    # is caught by the caller, which compares the selection again under the lock.
+    # is caught by the caller, which reads the state again under the lock.
     live = path.with_name(path.name + "-wal").exists()
     uri = f"{path.as_uri()}?{'mode=ro' if live else 'immutable=1'}"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             db.execute("PRAGMA busy_timeout = 10000")
-            found = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'selection'"
-            ).fetchone()
-            if found is None:
-                return []
-            rows = db.execute(queries()["stored_selection"]).fetchall()
+            yield db
     except sqlite3.Error as error:
         raise storage_error(error, path) from None
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    found = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
+
+
+def peek_selection(path: Path) -> list[tuple[str, str, str]]:
+    """The mirror's own selection (part, value, origin), read before a run takes the state's
+    lock (``_peeking``). Empty for a state that has none yet."""
+    with _peeking(path) as db:
+        if db is None or not _has_table(db, "selection"):
+            return []
+        rows = db.execute(queries()["stored_selection"]).fetchall()
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def peek_complete(path: Path) -> bool:
+    """Whether every selected series of the state is complete, read before a run takes the
+    state's lock (``_peeking``): False with no state, no selected series, or no running
+    totals yet (a state older than schema version 2)."""
+    with _peeking(path) as db:
+        if db is None or not _has_table(db, "collection_totals"):
+            return False
+        row = db.execute(queries()["mirror_complete"]).fetchone()
+    return bool(row[0])
 
 
 class Transaction:

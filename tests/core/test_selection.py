@@ -7,7 +7,13 @@ import pytest
 
 from idc_sync.core.errors import SelectionError
 from idc_sync.core.model import ManifestEntry
-from idc_sync.core.selection import Selection, merged, split_values, stored_selection
+from idc_sync.core.selection import (
+    Selection,
+    merged,
+    names_nothing_new,
+    split_values,
+    stored_selection,
+)
 from idc_sync.run.plan import compose
 
 UUID = "d98abc9a-0ddd-44a3-8646-df10344c49d7"
@@ -40,6 +46,21 @@ def test_a_value_given_again_counts_as_given() -> None:
     assert both.series == (UUID,)
     assert both.given("series", UUID)
     assert both.entries() == [("series", UUID, "--series")]
+
+
+def test_a_run_names_nothing_new_only_with_values_the_mirror_holds_and_no_identifier() -> None:
+    held = [
+        ("collection", "rider_pilot", "--collection"),
+        ("crdc_instance_uuid", f"{UUID}/{INSTANCE}", "cohort.txt:3"),
+    ]
+    assert names_nothing_new(Selection(), held)
+    assert names_nothing_new(Selection(collections=("rider_pilot",)), held)
+    manifest = (ManifestEntry("", UUID, INSTANCE, "other.txt:1"),)
+    assert names_nothing_new(Selection(manifest_entries=manifest), held)
+    assert not names_nothing_new(Selection(collections=("rider_pilot", "lidc_idri")), held)
+    assert not names_nothing_new(Selection(series=(UUID,)), held)
+    # what an identifier names is known only from the index
+    assert not names_nothing_new(Selection(identifiers=("rider_pilot",)), held)
 
 
 def test_a_pruning_run_resolves_only_its_own_selection_and_must_have_one() -> None:

@@ -22,6 +22,7 @@ import idc_sync.run.round
 from idc_sync.config import Settings
 from idc_sync.core.errors import SelectionError
 from idc_sync.run.jobs import sync
+from idc_sync.run.operator import retry_failed
 from idc_sync.run.pool import OBJECTS_PER_LOOP, WorkerPool, event_loops
 from idc_sync.run.round import start_pool
 from tests.support import dataset
@@ -187,6 +188,41 @@ def test_prestarted_workers_a_round_does_not_need_are_stopped(
     assert spawns.before_plan == 3
     assert spawns.all_gone()
     assert report.round.summary.files_fetched == len(uploaded)
+
+
+@pytest.mark.slow
+def test_a_re_sync_of_a_complete_mirror_starts_no_worker_before_its_plan(
+    tmp_path: Path, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to date and naming nothing new: no spare imports for a round that fetches nothing.
+    A file the mirror lacks, or a series the run adds, brings the spares back."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    rows = dataset.selection("two")
+    uploaded = dataset.populate(s3_server, rows)
+    settings = settings_for(tmp_path, s3_server.endpoint, rows, max_integrity_attempts=1)
+    victim = sorted(key for _, key in uploaded)[0]
+    s3_server.faults.add("flip", keys=[victim], on=["GET"], times=1)
+    assert not asyncio.run(sync(settings)).ok  # the flipped file is quarantined
+
+    def spares_of_a_sync(given: Settings) -> tuple[int, int]:
+        """(workers started before the plan, files fetched) of one more sync."""
+        spawns = Spawns(monkeypatch)
+        report = asyncio.run(sync(given))
+        assert spawns.all_gone()
+        return spawns.before_plan, report.round.summary.files_fetched
+
+    # unfinished: the spares come, though a quarantined file waits for an operator
+    assert spares_of_a_sync(settings) == (3, 0)
+    asyncio.run(retry_failed(settings))  # the operator's `idc-sync retry`
+    assert asyncio.run(sync(settings)).ok
+    assert spares_of_a_sync(settings) == (0, 0)  # complete, and nothing new named
+    added = rows + dataset.selection("qin_pet_phantom_small")[:1]
+    new = dataset.populate(s3_server, added[-1:])
+    grown = settings_for(tmp_path, s3_server.endpoint, added)
+    assert spares_of_a_sync(grown) == (3, len(new))
+    uploaded |= new
+    assert spares_of_a_sync(grown) == (0, 0)
+    assert_mirrored(settings.mirror_root, added, uploaded)
 
 
 def test_a_refused_selection_stops_the_prestarted_workers(

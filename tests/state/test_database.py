@@ -14,7 +14,14 @@ import pytest
 
 from idc_sync.core.errors import IllegalMove, LocalStorageError, StateError
 from idc_sync.core.lifecycle import OBJECT_TRANSITIONS, SERIES_TRANSITIONS, ObjectState, SeriesState
-from idc_sync.state.database import MIGRATIONS, SCHEMA_VERSION, Database, peek_selection, queries
+from idc_sync.state.database import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Database,
+    peek_complete,
+    peek_selection,
+    queries,
+)
 from idc_sync.state.guards import guard_statements
 
 
@@ -65,6 +72,36 @@ def test_a_version_1_state_is_migrated_step_by_step_and_keeps_its_rows(tmp_path:
     ]
     assert _sql(db, "SELECT series_total, series_complete FROM collection_totals") == [(1, 1)]
     assert peek_selection(db) == []
+
+
+def test_a_state_is_complete_when_every_selected_series_is_and_reading_it_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "state.sqlite"
+    assert not peek_complete(db)  # no state
+    asyncio.run(_open(db).close())
+    assert not peek_complete(db)  # no series
+
+    def series(uuid: str, state: str, selected: int = 1) -> None:
+        with contextlib.closing(sqlite3.connect(db)) as connection:
+            connection.execute(
+                "INSERT INTO series (crdc_series_uuid, SeriesInstanceUID, collection_id,"
+                " aws_bucket, idc_version, root, rel_dir, state, selected, updated_at) VALUES"
+                " (?, ?, 'c', 'idc-open-data', 24, '/srv', ?, ?, ?, 0)",
+                (uuid, f"1.2.{uuid}", f"c/{uuid}", state, selected),
+            )
+            connection.commit()
+
+    series("a", "complete")
+    assert peek_complete(db)
+    series("b", "queued", selected=0)  # not selected: it does not count
+    assert peek_complete(db)
+    series("c", "failed")
+    assert not peek_complete(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.sqlite"]  # no -wal, -shm
+    (tmp_path / "broken.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(StateError, match=r"broken\.sqlite"):
+        peek_complete(tmp_path / "broken.sqlite")
 
 
 async def _write(db: Database, statement: str) -> None:

@@ -304,6 +304,12 @@ SELECT collection_id, series_total, series_complete, files_expected, bytes_expec
     series_failed, files_done, bytes_done, files_failed, files_quarantined
 FROM collection_totals WHERE series_total > 0 ORDER BY collection_id;
 
+-- name: mirror_complete
+-- Every selected series complete, from the running totals; a state selecting none is not.
+SELECT COALESCE(SUM(series_total), 0) > 0
+    AND COALESCE(SUM(series_complete), 0) = COALESCE(SUM(series_total), 0)
+FROM collection_totals;
+
 -- name: status_by_collection
 -- The same numbers counted from the rows themselves (tests hold the totals to them).
 SELECT s.collection_id, COUNT(*), SUM(s.state = 'complete'),
