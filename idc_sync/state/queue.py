@@ -94,10 +94,16 @@ class Queue:
             for o in objects
         ]  # fmt: skip
         by_key = {o.key: o for o in objects}
+        listing = json.dumps(rows)
 
         def record(tx: Transaction) -> list[Sequence[Any]]:
+            # A first listing in one INSERT: 40-43 against 59-72 us of CPU per object (122
+            # series x 304 objects, 3 runs each); a listing is about half of what the state
+            # writes per object.
+            if len(tx.fetchall("insert_new_listing", {"objects": listing})) == len(rows):
+                return []
             tx.execute("clear_listing")
-            tx.execute("add_to_listing", {"objects": json.dumps(rows)})
+            tx.execute("add_to_listing", {"objects": listing})
             tx.execute("reset_relisted_objects")
             tx.execute("update_relisted_objects")
             tx.execute("insert_listed_objects")

@@ -408,6 +408,30 @@ def test_record_listing_inserts_pending_objects_and_is_idempotent(tmp_path: Path
     }
 
 
+def test_a_listing_of_new_and_known_keys_inserts_the_new_and_keeps_the_known(
+    tmp_path: Path,
+) -> None:
+    """The one-statement insert of a first listing takes the new keys; the known one (done,
+    and listed now with another ETag) and the one whose path a new key takes go the long
+    way, as a listing of known keys always does."""
+    db = tmp_path / "state.sqlite"
+    done, new, clash = objects_of(QIN_UI_81, 3)
+    clash = dataclasses.replace(clash, path=new.path)
+
+    async def scenario(state: State) -> None:
+        await enqueue(state, [placement(QIN_UI_81)])
+        assert await state.queue.record_listing([done]) == []
+        await state.queue.record_results([ObjectResult(done.key, ObjectState.DONE, 1)])
+        relisted = dataclasses.replace(done, etag="f" * 32)
+        assert await state.queue.record_listing([relisted, new, clash]) == [(clash, new.key)]
+
+    with_queue(db, scenario)
+    assert query(db, "SELECT key, state, etag, path FROM object ORDER BY key") == sorted([
+        (done.key, "done", done.etag, str(done.path)),
+        (new.key, "pending", new.etag, str(new.path)),
+    ])  # fmt: skip
+
+
 def test_a_relisting_updates_the_etag_of_unfinished_objects_only(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     done, pending = objects_of(QIN_UI_81, 2)

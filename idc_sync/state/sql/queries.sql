@@ -65,6 +65,17 @@ SELECT o.value ->> 'key', o.value ->> 'crdc_series_uuid', o.value ->> 'size',
     o.value ->> 'etag', o.value ->> 'path'
 FROM json_each(:objects) AS o;
 
+-- name: insert_new_listing
+-- A listing of keys the state has never seen, at paths no object holds (a series' first
+-- listing, most of a first mirror): its rows in one statement, without the temp table.
+-- When RETURNING names fewer keys than were listed, the long way below follows; it leaves
+-- the rows inserted here as they are.
+INSERT OR IGNORE INTO object (key, crdc_series_uuid, size, etag, path, state)
+SELECT o.value ->> 'key', o.value ->> 'crdc_series_uuid', o.value ->> 'size',
+    o.value ->> 'etag', o.value ->> 'path', 'pending'
+FROM json_each(:objects) AS o WHERE true
+RETURNING key;
+
 -- name: reset_relisted_objects
 -- A known object listed again starts over when it left the mirror (retired), belongs to
 -- another series' row (a listing of that series refused it), or changed while unfinished.
