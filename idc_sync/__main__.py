@@ -1,5 +1,5 @@
 """Entry point for ``python -m idc_sync``."""
 
-from idc_sync.cli.main import main
+from idc_sync.cli.entry import main
 
 main()

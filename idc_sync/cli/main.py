@@ -30,6 +30,13 @@ from idc_sync.cli.citations import (
     resolve,
 )
 from idc_sync.cli.daemon_client import daemon_status, from_daemon, healthz
+from idc_sync.cli.entry import (
+    EXIT_CONFIG,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STATE,
+)
 from idc_sync.cli.progress import ProgressDisplay
 from idc_sync.cli.render import stderr, stdout
 from idc_sync.config import Settings, default_config_file, load_settings
@@ -39,8 +46,6 @@ from idc_sync.core.model import RetryCounts
 from idc_sync.run.jobs import SyncReport, citations, plan, status, sync
 from idc_sync.run.operator import VerifyReport, retry_failed, verify
 from idc_sync.run.plan import PlanReport
-
-EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_STATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EXIT_CODES = """Exit codes: 0 every selected file is verified; 1 the run ended with something
 missing or failed, or the local disk failed (the summary says what and why; run again);

@@ -4,6 +4,7 @@ on stderr and its own exit code, as `idc-sync --help` lists them."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,3 +77,29 @@ def test_a_sync_that_follows_no_release_never_imports_aiohttp(
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
     assert "idc_sync.run.jobs" in imported  # -X importtime did report
     assert not {name for name in imported if name.split(".")[0] == "aiohttp"}
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> None:
+    """SIGINT as soon as the import of pydantic has finished (-X importtime reports each
+    import as it ends), while the rest of the command line is still loading."""
+    command = Path(sys.executable).with_name("idc-sync")
+    seen: list[str] = []
+    with subprocess.Popen(
+        [str(command), "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    ) as process:  # fmt: skip
+        assert process.stderr is not None
+        assert process.stdout is not None
+        for line in process.stderr:
+            seen.append(line)
+            if line.split("|")[-1].strip() == "pydantic":
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        printed = process.stdout.read()
+        code = process.wait(timeout=30)
+    assert code == 130, rest[-2000:]
+    assert "idc_sync.cli.main" not in "".join(seen)  # it was still loading
+    assert "Traceback" not in rest
+    assert "interrupted before anything began" in rest
+    assert printed == ""
