@@ -18,7 +18,7 @@ from idc_sync.run.plan import PlanOutcome, PlanReport, Resolved, dry_run, plan_i
 from idc_sync.run.pool import Prestarted
 from idc_sync.run.round import RoundOutcome, run_round
 from idc_sync.run.select import selection_of
-from idc_sync.state.database import peek_complete, peek_selection
+from idc_sync.state.database import peek
 from idc_sync.state.lock import StateLock
 from idc_sync.state.reports import Held
 from idc_sync.state.store import STATE_DB, State
@@ -73,12 +73,13 @@ async def sync(
     given = selection_of(settings, arguments)
     state_db = settings.state_path / STATE_DB
     # Resolve before the lock is taken or anything is written: a typo changes nothing.
-    stored = peek_selection(state_db)
+    peeked = peek(state_db)
+    stored = peeked.selection
     # The round's worker processes import meanwhile, on a core this one leaves idle; but not
     # on a re-sync that names nothing new of a mirror the last run completed, which most
     # likely has nothing to fetch (a newer release does: its round starts workers itself).
     # ct-sized mirror, up to date, 2 cores: 1.06-1.33 s without the spare, 1.25-1.65 with.
-    idle = names_nothing_new(given, stored) and peek_complete(state_db)
+    idle = peeked.complete and names_nothing_new(given, stored)
     spares = Prestarted() if idle else await Prestarted.start(settings)
     resolved: Resolved | None = None
     try:

@@ -20,15 +20,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -99,26 +92,6 @@ def storage_error(error: sqlite3.Error, path: Path) -> Exception:
     return error
 
 
-@contextlib.contextmanager
-def _peeking(path: Path) -> Iterator[sqlite3.Connection | None]:
-    """The state at ``path`` opened for reading only, without opening it for writing (no
-    migration, no lock): None when there is no state file."""
-    if not path.exists():
-        yield None
-        return
-    # Without a WAL file nobody is writing: read it as immutable, which leaves no -shm or
-    # -wal file behind (a refused run must change nothing). A write that starts meanwhile
-    # is caught by the caller, which reads the state again under the lock.
-    live = path.with_name(path.name + "-wal").exists()
-    uri = f"{path.as_uri()}?{'mode=ro' if live else 'immutable=1'}"
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-            db.execute("PRAGMA busy_timeout = 10000")
-            yield db
-    except sqlite3.Error as error:
-        raise storage_error(error, path) from None
-
-
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     found = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
@@ -126,25 +99,43 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return found is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """What a run reads of the state before it takes the state's lock (``peek``)."""
+
+    selection: list[tuple[str, str, str]]  # the mirror's own: (part, value, origin)
+    complete: bool  # every selected series complete (False: none selected, or no state)
+
+
+def peek(path: Path) -> Peek:
+    """The mirror's selection and whether the last run left every selected series complete,
+    read without opening the state for writing (no migration, no lock). A state without a
+    selection yet, or without running totals (older than schema version 2), reads as empty
+    and not complete."""
+    if not path.exists():
+        return Peek([], complete=False)
+    # Without a WAL file nobody is writing: read it as immutable, which leaves no -shm or
+    # -wal file behind (a refused run must change nothing). A write that starts meanwhile
+    # is caught by the caller, which reads the state again under the lock.
+    live = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.as_uri()}?{'mode=ro' if live else 'immutable=1'}"
+    rows: list[Any] = []
+    complete = False
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            db.execute("PRAGMA busy_timeout = 10000")
+            if _has_table(db, "selection"):
+                rows = db.execute(queries()["stored_selection"]).fetchall()
+            if _has_table(db, "collection_totals"):
+                complete = bool(db.execute(queries()["mirror_complete"]).fetchone()[0])
+    except sqlite3.Error as error:
+        raise storage_error(error, path) from None
+    return Peek([(str(r[0]), str(r[1]), str(r[2])) for r in rows], complete)
+
+
 def peek_selection(path: Path) -> list[tuple[str, str, str]]:
-    """The mirror's own selection (part, value, origin), read before a run takes the state's
-    lock (``_peeking``). Empty for a state that has none yet."""
-    with _peeking(path) as db:
-        if db is None or not _has_table(db, "selection"):
-            return []
-        rows = db.execute(queries()["stored_selection"]).fetchall()
-    return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
-
-
-def peek_complete(path: Path) -> bool:
-    """Whether every selected series of the state is complete, read before a run takes the
-    state's lock (``_peeking``): False with no state, no selected series, or no running
-    totals yet (a state older than schema version 2)."""
-    with _peeking(path) as db:
-        if db is None or not _has_table(db, "collection_totals"):
-            return False
-        row = db.execute(queries()["mirror_complete"]).fetchone()
-    return bool(row[0])
+    """The mirror's own selection (``peek``); empty for a state that has none yet."""
+    return peek(path).selection
 
 
 class Transaction:

@@ -18,7 +18,7 @@ from idc_sync.state.database import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Database,
-    peek_complete,
+    peek,
     peek_selection,
     queries,
 )
@@ -78,9 +78,9 @@ def test_a_state_is_complete_when_every_selected_series_is_and_reading_it_writes
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "state.sqlite"
-    assert not peek_complete(db)  # no state
+    assert not peek(db).complete  # no state
     asyncio.run(_open(db).close())
-    assert not peek_complete(db)  # no series
+    assert not peek(db).complete  # no series
 
     def series(uuid: str, state: str, selected: int = 1) -> None:
         with contextlib.closing(sqlite3.connect(db)) as connection:
@@ -93,15 +93,15 @@ def test_a_state_is_complete_when_every_selected_series_is_and_reading_it_writes
             connection.commit()
 
     series("a", "complete")
-    assert peek_complete(db)
+    assert peek(db).complete
     series("b", "queued", selected=0)  # not selected: it does not count
-    assert peek_complete(db)
+    assert peek(db).complete
     series("c", "failed")
-    assert not peek_complete(db)
+    assert not peek(db).complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.sqlite"]  # no -wal, -shm
     (tmp_path / "broken.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(StateError, match=r"broken\.sqlite"):
-        peek_complete(tmp_path / "broken.sqlite")
+        peek(tmp_path / "broken.sqlite")
 
 
 async def _write(db: Database, statement: str) -> None:
