@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from idc_sync.core.errors import IllegalMove, LocalStorageError, StateError
+from idc_sync.core.errors import ConfigurationError, IllegalMove, LocalStorageError, StateError
 from idc_sync.state.guards import ILLEGAL_MOVE, ILLEGAL_START, guard_statements
 
 # Every change to the schema is a new numbered file here and bumps the version by one.
@@ -46,6 +46,24 @@ Params = Mapping[str, Any]
 BUSY_SECONDS = 60.0
 
 T = TypeVar("T")
+
+# The named queries read JSON parameters with ->> (SQLite 3.38, February 2022) and use
+# RETURNING (3.35). Ubuntu 22.04's system SQLite, which a Python built there links, is 3.37.
+MIN_SQLITE = (3, 38, 0)
+
+
+def require_sqlite() -> None:
+    """ConfigurationError unless Python's sqlite3 module runs SQLite MIN_SQLITE or newer:
+    on an older one the first plan or listing would fail with a syntax error. Checked
+    before the state is first read or written."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        found = sqlite3.sqlite_version
+        raise ConfigurationError(
+            f"idc-sync needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer, and this "
+            f"Python's sqlite3 module runs SQLite {found}: use a Python linked with a newer "
+            "one (python.org or uv builds, conda, Debian 12, Ubuntu 24.04, or the Docker "
+            "image)"
+        )
 
 
 @cache
@@ -112,6 +130,7 @@ def peek(path: Path) -> Peek:
     read without opening the state for writing (no migration, no lock). A state without a
     selection yet, or without running totals (older than schema version 2), reads as empty
     and not complete."""
+    require_sqlite()
     if not path.exists():
         return Peek([], complete=False)
     # Without a WAL file nobody is writing: read it as immutable, which leaves no -shm or
@@ -219,6 +238,7 @@ class Database:
         """Open (and with ``create``, make or upgrade) the state at ``path``. StateError when
         it is missing without ``create``, not ours, or from a newer idc-sync. ``cache_mib``:
         SQLite's page cache of the writing connection."""
+        require_sqlite()
         if not create and not path.exists():  # noqa: ASYNC240 - one stat before opening
             raise StateError(f"no idc-sync state at {path}")
         try:

@@ -103,3 +103,28 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> Non
     assert "Traceback" not in rest
     assert "interrupted before anything began" in rest
     assert printed == ""
+
+
+def test_a_python_whose_sqlite_is_too_old_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Ubuntu 22.04's SQLite (3.37.2) has no ->> operator: the first plan would fail with a
+    syntax error. Python's sqlite3 module is made to report that version, as a Python
+    linked there does."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sqlite3\n"
+        "sqlite3.sqlite_version_info = (3, 37, 2)\n"
+        "sqlite3.sqlite_version = '3.37.2'\n"
+    )
+    destination = tmp_path / "mirror"
+    done = idc_sync(
+        "sync", "--collection", "qin_pet_phantom", "--destination", destination,
+        "--endpoint", f"http://127.0.0.1:{_closed_port()}", env={"PYTHONPATH": str(site)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "needs SQLite 3.38.0 or newer" in done.stderr
+    assert "runs SQLite 3.37.2" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not destination.exists()
