@@ -13,7 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from idc_sync.disk.storage import fsync_directory, local_error, temp_path_for
+from idc_sync.disk.storage import (
+    fsync_directory,
+    local_error,
+    remove_stale_temps,
+    temp_path_for,
+)
 from idc_sync.state.reports import Reports
 
 PROVENANCE_COLUMNS = (
@@ -90,6 +95,7 @@ async def write_provenance(reports: Reports, target: Path) -> int:
     temp = temp_path_for(target)
     count = 0
     try:
+        remove_stale_temps(target)
         with temp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(PROVENANCE_COLUMNS)

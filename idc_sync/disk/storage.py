@@ -5,6 +5,7 @@ Everything here is blocking; callers run it in a worker thread."""
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 from dataclasses import dataclass
@@ -25,6 +26,15 @@ def temp_path_for(final: Path) -> Path:
     The suffix only has to be unlikely to repeat (creation uses O_EXCL), not unguessable, so
     it comes from ``random`` rather than a getrandom() call per file."""
     return final.with_name(f"{TEMP_PREFIX}{final.name}.{random.getrandbits(32):08x}{TEMP_SUFFIX}")
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Remove the temp files of ``final`` that a run killed while writing it left beside
+    it. For the files a run rewrites whole under the state's lock (the provenance manifest,
+    the mirror's marker), which no directory survey visits. Blocking."""
+    pattern = f"{glob.escape(TEMP_PREFIX + final.name)}.*{TEMP_SUFFIX}"
+    for stale in final.parent.glob(pattern):
+        stale.unlink(missing_ok=True)
 
 
 def local_error(error: OSError, what: str, path: Path) -> LocalStorageError | OSError:

@@ -15,7 +15,12 @@ import uuid
 from pathlib import Path
 
 from idc_sync.core.errors import DestinationError
-from idc_sync.disk.storage import fsync_directory, local_error, temp_path_for
+from idc_sync.disk.storage import (
+    fsync_directory,
+    local_error,
+    remove_stale_temps,
+    temp_path_for,
+)
 from idc_sync.state.meta import DESTINATION, MIRROR_ID
 from idc_sync.state.store import State
 
@@ -47,6 +52,7 @@ def write_marker(destination: Path, mirror_id: str, state: Path) -> None:
     body = json.dumps({"mirror_id": mirror_id, "state": str(state)}, indent=1) + "\n"
     try:
         destination.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
         temp = temp_path_for(target)
         with temp.open("w", encoding="utf-8") as handle:
             handle.write(body)

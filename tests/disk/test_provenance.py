@@ -22,6 +22,7 @@ from idc_sync.disk.provenance import (
     provenance_row,
     write_provenance,
 )
+from idc_sync.disk.storage import temp_path_for
 
 ROW = ("/m/a.dcm", "d98abc9a-0ddd-44a3-8646-df10344c49d7",
        "d98abc9a-0ddd-44a3-8646-df10344c49d7/0a1b2c3d-0000-4000-8000-000000000001.dcm",
@@ -59,6 +60,18 @@ def test_the_manifest_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
         asyncio.run(write_provenance(_Reports([ROW], fail=True), target))  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["provenance.csv"]
+
+
+def test_a_temp_file_a_killed_run_left_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """kill -9 while the manifest was being written leaves its temp file; no directory survey
+    visits the state directory, so the next write removes it."""
+    target = tmp_path / "provenance.csv"
+    left = temp_path_for(target)
+    left.write_text("path,crdc_series_uuid\n/m/half")
+    other = temp_path_for(tmp_path / "other.csv")  # another file's: not ours to remove
+    other.write_text("x")
+    assert asyncio.run(write_provenance(_Reports([ROW]), target)) == 1  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, target.name])
 
 
 _FIELD = st.one_of(

@@ -19,6 +19,7 @@ from idc_sync.disk.storage import (
     fsync_directory,
     is_temp_name,
     local_error,
+    remove_stale_temps,
     survey_directory,
     temp_path_for,
 )
@@ -126,6 +127,22 @@ def test_survey_removes_only_temp_files_and_names_the_regular_files(tmp_path: Pa
     )
     assert outside.read_bytes() == b"not ours to delete"
     assert survey_directory(series).removed_temp_files == 0
+
+
+def test_stale_temps_of_one_file_go_and_nothing_else(tmp_path: Path) -> None:
+    final = tmp_path / "a[1]*.csv"  # glob characters in the name match only themselves
+    final.write_text("kept")
+    stale = [temp_path_for(final), temp_path_for(final)]
+    for path in stale:
+        path.write_text("half")
+    kept = [temp_path_for(tmp_path / "a1x.csv"), tmp_path / "a[1]*.csv.partial"]
+    for path in kept:
+        path.write_text("other")
+    remove_stale_temps(final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [final.name, *(p.name for p in kept)]
+    )
+    remove_stale_temps(tmp_path / "missing" / "b.csv")  # no directory: nothing to do
 
 
 def test_survey_of_a_missing_directory_is_empty(tmp_path: Path) -> None:

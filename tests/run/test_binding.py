@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from idc_sync.core.errors import DestinationError
-from idc_sync.run.binding import MARKER, bind, read_marker
+from idc_sync.disk.storage import temp_path_for
+from idc_sync.run.binding import MARKER, bind, read_marker, write_marker
 from idc_sync.state.meta import DESTINATION, MIRROR_ID
 from idc_sync.state.store import State
 
@@ -50,3 +51,13 @@ def test_another_mirrors_marker_is_refused(tmp_path: Path) -> None:
     (tmp_path / "two" / MARKER).write_text((tmp_path / "one" / MARKER).read_text())
     with pytest.raises(DestinationError, match="marker of another idc-sync mirror"):
         _bind(tmp_path / "b.sqlite", tmp_path / "two")
+
+
+def test_the_marker_written_again_leaves_no_temp_file_of_a_killed_write(tmp_path: Path) -> None:
+    destination = tmp_path / "mirror"
+    destination.mkdir()
+    left = temp_path_for(destination / MARKER)  # a write killed before its rename
+    left.write_text('{"mirror_id": "half')
+    write_marker(destination, "0123", tmp_path / "state")
+    assert read_marker(destination) == "0123"
+    assert [p.name for p in destination.iterdir()] == [MARKER]
