@@ -103,6 +103,11 @@ class Catalog:
             self.prior_columns = self._columns("prior_versions_index")
             self._require_columns("index", self.index_columns, _INDEX_REQUIRED)
             self._require_columns("prior_versions_index", self.prior_columns, _PRIOR_REQUIRED)
+            if "file_row_number" in self.index_columns:
+                raise ConfigurationError(
+                    f"{self._index_path} has a column named file_row_number, the name DuckDB "
+                    "gives the row numbers idc-sync looks series up by; rename that column"
+                )
             self.release = self._derive_release()
         except duckdb.Error as exc:
             self._conn.close()
@@ -116,6 +121,12 @@ class Catalog:
     def version(self) -> str | None:
         """The idc-index-data version of the catalog (None for index files given by hand)."""
         return self.source.version
+
+    @property
+    def numbered_index(self) -> str:
+        """The ``index`` table with its rows numbered (``file_row_number``), as SQL: how
+        catalog/resolve.py reads the records of rows it has found by one column."""
+        return f"read_parquet({sql_literal(str(self._index_path))}, file_row_number = true)"
 
     def _create_views(self) -> None:
         # idc-index users query the other tables the package bundles (collections_index,

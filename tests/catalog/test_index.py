@@ -113,6 +113,16 @@ def test_index_without_required_columns_is_a_configuration_error(tmp_path: Path)
         Catalog(index, PRIOR)
 
 
+def test_index_with_a_file_row_number_column_is_a_configuration_error(tmp_path: Path) -> None:
+    index = tmp_path / "numbered.parquet"
+    duckdb.sql(
+        f"COPY (SELECT *, 1 AS file_row_number FROM read_parquet('{INDEX}') LIMIT 3) "
+        f"TO '{index}' (FORMAT parquet)"
+    )
+    with pytest.raises(ConfigurationError, match="column named file_row_number"):
+        Catalog(index, PRIOR)
+
+
 # --- collections --------------------------------------------------------------------------
 
 
@@ -290,6 +300,37 @@ def test_series_instance_uid_and_any_case_uuid_resolve(
     assert records[PHANTOM_UUID].SeriesInstanceUID == PHANTOM_UID
     assert records[PHANTOM_UW_UUID].instance_count == 47
     assert records[PHANTOM_UW_UUID].instances is None
+
+
+def test_named_series_carry_the_records_a_scan_of_their_collection_gives(
+    tmp_path: Path,
+) -> None:
+    # Named series are found by row number and their records read by it (two queries):
+    # the records must be those of the rows the names match, in an index of many row groups
+    # as in idc-index-data's single one.
+    index = tmp_path / "grouped.parquet"
+    duckdb.sql(
+        f"COPY (SELECT * FROM read_parquet('{INDEX}') WHERE collection_id IN "
+        "('qin_pet_phantom', 'lidc_idri') ORDER BY SeriesInstanceUID) "
+        f"TO '{index}' (FORMAT parquet, ROW_GROUP_SIZE 2048)"
+    )
+    layout = ("PatientID", "StudyInstanceUID", "Modality", "SeriesInstanceUID")
+    for source in (Catalog(), Catalog(index, PRIOR)):
+        with source as catalog:
+            scanned = by_uuid(
+                all_records(
+                    catalog.resolve(Selection(collections=("qin_pet_phantom", "lidc_idri")), layout)
+                )
+            )
+            assert len(scanned) == 44 + 15_116
+            # every third series by SeriesInstanceUID, the rest by crdc_series_uuid
+            ordered = sorted(scanned.values(), key=lambda record: record.crdc_series_uuid)
+            names = tuple(
+                record.SeriesInstanceUID if number % 3 == 0 else record.crdc_series_uuid
+                for number, record in enumerate(ordered)
+            )
+            named = by_uuid(all_records(catalog.resolve(Selection(series=names), layout)))
+            assert named == scanned
 
 
 def test_single_instances_of_a_series_are_grouped(
