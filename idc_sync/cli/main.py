@@ -176,7 +176,20 @@ def _run(job: Callable[[], Any]) -> Any:
         sys.exit(EXIT_INTERRUPTED)
 
 
-@click.group(epilog=EXIT_CODES)
+class _Commands(click.Group):
+    """The command group; a Ctrl-C that reaches it (while settings load, before ``_run``
+    takes over) ends the run with exit 130 and one line, not click's "Aborted!" and exit 1,
+    which says something is missing."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            stderr.print("interrupted before anything began")
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="idc-sync")
 def main() -> None:
     """Keep a verified local mirror of NCI Imaging Data Commons data.

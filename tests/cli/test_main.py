@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support import dataset
@@ -103,6 +104,38 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> Non
     assert "Traceback" not in rest
     assert "interrupted before anything began" in rest
     assert printed == ""
+
+
+def test_a_ctrl_c_while_the_settings_load_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """SIGINT while `plan` reads its config file (a FIFO the test holds open and never writes),
+    after click has taken over and before the job runs: not click's "Aborted!" and exit 1."""
+    config = tmp_path / "config.toml"
+    os.mkfifo(config)
+    command = Path(sys.executable).with_name("idc-sync")
+    with subprocess.Popen(
+        [str(command), "plan", "--config", str(config), "--collection", "qin_pet_phantom",
+         "--destination", str(tmp_path / "mirror")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:  # fmt: skip
+        writer = -1
+        deadline = time.monotonic() + 30
+        while writer < 0:  # ENXIO until the command opens the FIFO to read it
+            assert process.poll() is None
+            assert time.monotonic() < deadline
+            try:
+                writer = os.open(config, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.02)
+        try:
+            time.sleep(0.2)  # from open() into read(), which waits for a byte
+            process.send_signal(signal.SIGINT)
+            printed, said = process.communicate(timeout=30)
+        finally:
+            os.close(writer)
+    assert process.returncode == 130, said
+    assert said.strip() == "interrupted before anything began"
+    assert printed == ""
+    assert not (tmp_path / "mirror").exists()
 
 
 def test_a_python_whose_sqlite_is_too_old_is_refused_before_anything_is_written(
