@@ -24,7 +24,12 @@ from typing import Literal
 from idc_sync.core.lifecycle import SeriesState
 from idc_sync.core.logs import about
 from idc_sync.core.model import RetiringFile, SeriesRow
-from idc_sync.disk.storage import fsync_directory, local_error, temp_path_for
+from idc_sync.disk.storage import (
+    fsync_directory,
+    local_error,
+    remove_stale_temps,
+    temp_path_for,
+)
 from idc_sync.state.store import State
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,8 @@ def move_file(source: Path, target: Path) -> None:
         if error.errno != errno.EXDEV:
             raise
     # another file system: copy to a temp name beside the target, fsync, rename, then remove
-    # the original (a crash in between leaves both, and the journal moves it again)
+    # the original (a crash in between leaves both, and the journal moves it again; apply()
+    # first removes a temp copy a crash left)
     temp = temp_path_for(target)
     try:
         shutil.copyfile(source, temp)
@@ -104,6 +110,8 @@ def apply(
     gone: list[str] = []
     touched: set[Path] = set()
     try:
+        # a retirement killed while copying to another file system left a temp copy there
+        remove_stale_temps(*(item.retired_path for item in files if item.retired_path))
         for item in files:
             if policy == "keep" and item.retired_path is None:
                 gone.append(item.key)

@@ -5,7 +5,6 @@ Everything here is blocking; callers run it in a worker thread."""
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 from dataclasses import dataclass
@@ -28,13 +27,26 @@ def temp_path_for(final: Path) -> Path:
     return final.with_name(f"{TEMP_PREFIX}{final.name}.{random.getrandbits(32):08x}{TEMP_SUFFIX}")
 
 
-def remove_stale_temps(final: Path) -> None:
-    """Remove the temp files of ``final`` that a run killed while writing it left beside
-    it. For the files a run rewrites whole under the state's lock (the provenance manifest,
-    the mirror's marker), which no directory survey visits. Blocking."""
-    pattern = f"{glob.escape(TEMP_PREFIX + final.name)}.*{TEMP_SUFFIX}"
-    for stale in final.parent.glob(pattern):
-        stale.unlink(missing_ok=True)
+def remove_stale_temps(*finals: Path) -> None:
+    """Remove the temp files of the ``finals`` that a run killed while writing them left
+    beside them: for files a run rewrites whole under the state's lock (the provenance
+    manifest, the mirror's marker) and files a retirement copies into the retired tree, none
+    of which a directory survey visits. One directory listing per directory. Blocking."""
+    by_directory: dict[Path, set[str]] = {}
+    for final in finals:
+        by_directory.setdefault(final.parent, set()).add(final.name)
+    for directory, names in by_directory.items():
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not is_temp_name(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            # TEMP_PREFIX + final name + "." + token + TEMP_SUFFIX (temp_path_for)
+            name, dot, token = entry.name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)].rpartition(".")
+            if dot and token and name in names:
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def local_error(error: OSError, what: str, path: Path) -> LocalStorageError | OSError:

@@ -5,11 +5,17 @@ only then removes the original."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from idc_sync.core.lifecycle import SeriesState
 from idc_sync.core.model import RetiringFile, SeriesRow
 from idc_sync.disk.retire import apply, move_file, retired_location
+from idc_sync.disk.storage import is_temp_name
 from tests.support.disks import tmpfs
 
 SERIES = "d98abc9a-0ddd-44a3-8646-df10344c49d7"
@@ -82,3 +88,42 @@ def test_a_move_to_another_file_system_copies_then_removes(tmp_path: Path) -> No
             assert item.retired_path.read_bytes() == item.path.name[0].encode() * 10
             assert not item.path.exists()
         assert not [p for p in elsewhere.rglob("*") if p.name.startswith(".idc-sync-")]
+
+
+def test_a_retirement_killed_while_copying_to_another_file_system_leaves_no_temp(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a real process while it copies a file into a retired tree on another file
+    system; the resumed retirement moves the file and leaves no half copy there."""
+    root = tmp_path / "mirror"
+    with tmpfs(tmp_path / "elsewhere", "400m") as elsewhere:
+        files = _files(root, elsewhere, count=2)
+        big, target = files[0].path, files[0].retired_path
+        assert target is not None
+        with big.open("wb") as handle:  # long enough a copy to land a kill in it
+            for _ in range(128):
+                handle.write(os.urandom(1 << 20))
+        content = hashlib.sha256(big.read_bytes()).hexdigest()
+        mover = (
+            "import sys; from pathlib import Path; from idc_sync.disk.retire import move_file; "
+            "move_file(Path(sys.argv[1]), Path(sys.argv[2]))"
+        )
+        half: list[Path] = []
+        for _ in range(5):  # the copy can finish before a poll sees it: try again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with subprocess.Popen([sys.executable, "-c", mover, str(big), str(target)]) as process:
+                while process.poll() is None and not half:
+                    half = [p for p in target.parent.iterdir() if is_temp_name(p.name)]
+                if half:
+                    process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+            if half:
+                break
+            target.replace(big)  # the copy finished: put the file back and kill sooner
+        assert half, "no kill landed during the copy in 5 tries"
+        assert big.exists()  # the original is removed only after the copy is in place
+        done, gone = apply("move", _row(root), files)
+        assert (done.files_moved, done.files_missing, gone) == (2, 0, [])
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == content
+        assert not big.exists()
+        assert not [p for p in elsewhere.rglob("*") if is_temp_name(p.name)]
