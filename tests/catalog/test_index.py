@@ -65,6 +65,12 @@ def test_release_is_the_major_version_of_idc_index_data(catalog: Catalog) -> Non
     assert str(idc_index_data.__version__).startswith("25.")
 
 
+def test_the_catalog_scans_on_one_thread(catalog: Catalog) -> None:
+    # each table of idc-index-data is one row group: a second thread would find nothing
+    # to scan and take CPU from the spare workers and fetches running beside the plan
+    assert catalog._conn.execute("SELECT current_setting('threads')").fetchone() == (1,)
+
+
 def test_index_columns_are_those_of_the_parquet_file(catalog: Catalog) -> None:
     assert len(catalog.index_columns) == 31
     assert catalog.index_columns[:4] == (
