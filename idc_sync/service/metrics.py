@@ -217,6 +217,12 @@ class Metrics:
         )  # fmt: skip
         for reason in RELEASE_CHECK_REASONS:
             self.release_check_failures.labels(reason)
+        self.last_release_check = Gauge(
+            f"{PREFIX}_last_release_check_timestamp_seconds",
+            "When a check for a newer IDC release last succeeded, a newer one fetched if "
+            "follow_releases asked for it (Unix time; 0: never).",
+            registry=r,
+        )
         self.last_plan = Gauge(
             f"{PREFIX}_last_plan_timestamp_seconds", "When the last plan finished (Unix time).",
             registry=r,
@@ -325,6 +331,9 @@ class Metrics:
 
     def release_check_failed(self, reason: str) -> None:
         self.release_check_failures.labels(reason).inc()
+
+    def release_check_succeeded(self) -> None:
+        self.last_release_check.set(time.time())
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

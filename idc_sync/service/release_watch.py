@@ -4,7 +4,9 @@ release is reported (``/status`` ``latest_release``, the ``idc_sync_latest_idc_r
 gauge, one log line per release); with ``follow_releases`` it is fetched and unpacked, and
 the daemon asked to replan, which applies it. A failed check is one warning and one count
 of ``idc_sync_release_check_failures_total{reason}``; the mirror carries on with its
-release and the next check tries again."""
+release and the next check tries again. A check that succeeds (and fetches what it was to
+fetch) sets ``idc_sync_last_release_check_timestamp_seconds``, which the alert
+IdcSyncReleaseChecksFailing watches."""
 
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class ReleaseWatch:
                 log.info("fetched IDC release v%d into %s: replanning", found.offered.release,
                          followed.location)  # fmt: skip
                 self._replan()
+            self._metrics.release_check_succeeded()
         except ReleaseCheckError as error:
             self._metrics.release_check_failed(error.reason)
             log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ def failures(running: Running) -> dict[str, float]:
     return {reason: float(count) for reason, count in found}
 
 
+def last_check(running: Running) -> float:
+    text = running.get("/metrics")[1].decode()
+    (found,) = re.findall(r"^idc_sync_last_release_check_timestamp_seconds (\S+)$", text, re.M)
+    return float(found)
+
+
 def page_requests(index: PackageIndex) -> int:
     return sum(path == PAGE for path, _ in index.behaviour.requests)
 
@@ -83,11 +90,14 @@ def test_serve_follows_a_new_release_on_sighup_and_retires_what_it_replaces(
     index, _ = world
     settings = watching(tmp_path, world)
     uuid = {role: str(row["crdc_series_uuid"]) for role, row in roles.items()}
+    started = time.time()
     with Running(make_daemon(settings)) as running:
         status = running.wait_mirrored(4)
         wait_for(lambda: running.status()["latest_release"] == 25, 20)
         assert status["idc_release"] == 25
         assert page_requests(index) == 1  # the check at start
+        wait_for(lambda: last_check(running) >= started, 20)
+        first_check = last_check(running)
 
         publish_release(index, second)
         running.call(running.daemon.request_reload)
@@ -102,6 +112,7 @@ def test_serve_follows_a_new_release_on_sighup_and_retires_what_it_replaces(
         assert status["latest_release"] == 26
         assert status["overall"]["files_done"] == 4
         assert failures(running) == dict.fromkeys(failures(running), 0.0)
+        assert last_check(running) > first_check  # the release followed on SIGHUP
     states = series(settings)
     for role in ("kept", "also_kept", "revised_new", "added"):
         assert states[uuid[role]][0] == "complete", role
@@ -148,6 +159,7 @@ def test_a_failed_check_is_counted_and_logged_and_the_mirror_stays_on_its_releas
                    for e in status["recent_errors"])  # fmt: skip
         assert {k: v for k, v in failures(running).items() if k != failure} == dict.fromkeys(
             {"index", "download", "hash", "size", "wheel"} - {failure}, 0.0)  # fmt: skip
+        assert last_check(running) == 0  # never succeeded: IdcSyncReleaseChecksFailing
     assert sources.followed(settings.state_path) == []
     catalogs = settings.state_path / sources.CATALOGS_DIR
     assert not catalogs.exists() or not list(catalogs.iterdir())
