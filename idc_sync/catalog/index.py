@@ -110,11 +110,12 @@ class Catalog:
             self.prior_columns = self._columns("prior_versions_index")
             self._require_columns("index", self.index_columns, _INDEX_REQUIRED)
             self._require_columns("prior_versions_index", self.prior_columns, _PRIOR_REQUIRED)
-            if "file_row_number" in self.index_columns:
-                raise ConfigurationError(
-                    f"{self._index_path} has a column named file_row_number, the name DuckDB "
-                    "gives the row numbers idc-sync looks series up by; rename that column"
-                )
+            for column in self.index_columns:
+                if column.lower() == "file_row_number":  # DuckDB's names ignore case
+                    raise ConfigurationError(
+                        f"{self._index_path} has a column named {column}, the name DuckDB "
+                        "gives the row numbers idc-sync looks series up by; rename it"
+                    )
             self.release = self._derive_release()
         except duckdb.Error as exc:
             self._conn.close()

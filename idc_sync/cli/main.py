@@ -150,11 +150,17 @@ def _run_load(flags: dict[str, Any]) -> Settings:
         sys.exit(EXIT_CONFIG)
 
 
+_BEGAN = "idc_sync.began"  # click context meta: _run has started a job
+
+
 def _run(job: Callable[[], Any]) -> Any:
     """Run a job, turning our errors into one line and an exit code (no traceback)."""
     # What is loaded by now (modules, settings) lives as long as the process: leave it
     # out of the collector's full scans, which otherwise walk it again and again.
     gc.freeze()
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[_BEGAN] = True
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(job())
@@ -178,14 +184,17 @@ def _run(job: Callable[[], Any]) -> Any:
 
 class _Commands(click.Group):
     """The command group; a Ctrl-C that reaches it (while settings load, before ``_run``
-    takes over) ends the run with exit 130 and one line, not click's "Aborted!" and exit 1,
-    which says something is missing."""
+    takes over, or while a summary prints after it) ends the run with exit 130 and one line,
+    not click's "Aborted!" and exit 1, which says something is missing."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            stderr.print("interrupted before anything began")
+            if ctx.meta.get(_BEGAN):
+                stderr.print("interrupted; run the same command again to resume")
+            else:
+                stderr.print("interrupted before anything began")
             sys.exit(EXIT_INTERRUPTED)
 
 

@@ -38,8 +38,8 @@ def remove_stale_temps(*finals: Path) -> None:
     for directory, names in by_directory.items():
         try:
             entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # nothing to clean, or nothing we may list: the write itself decides
         for entry in entries:
             if not is_temp_name(entry.name) or not entry.is_file(follow_symlinks=False):
                 continue

@@ -220,7 +220,7 @@ class Metrics:
         self.last_release_check = Gauge(
             f"{PREFIX}_last_release_check_timestamp_seconds",
             "When a check for a newer IDC release last succeeded, a newer one fetched if "
-            "follow_releases asked for it (Unix time; 0: never).",
+            "follow_releases asked for it (Unix time; 0: none since this process started).",
             registry=r,
         )
         self.last_plan = Gauge(

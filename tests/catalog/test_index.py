@@ -122,10 +122,10 @@ def test_index_without_required_columns_is_a_configuration_error(tmp_path: Path)
 def test_index_with_a_file_row_number_column_is_a_configuration_error(tmp_path: Path) -> None:
     index = tmp_path / "numbered.parquet"
     duckdb.sql(
-        f"COPY (SELECT *, 1 AS file_row_number FROM read_parquet('{INDEX}') LIMIT 3) "
+        f"COPY (SELECT *, 1 AS File_Row_Number FROM read_parquet('{INDEX}') LIMIT 3) "
         f"TO '{index}' (FORMAT parquet)"
     )
-    with pytest.raises(ConfigurationError, match="column named file_row_number"):
+    with pytest.raises(ConfigurationError, match="column named File_Row_Number"):
         Catalog(index, PRIOR)
 
 
