@@ -138,6 +138,36 @@ def test_a_ctrl_c_while_the_settings_load_is_one_line_and_exit_130(tmp_path: Pat
     assert not (tmp_path / "mirror").exists()
 
 
+def test_a_ctrl_c_after_the_job_ran_says_to_run_it_again(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    """SIGINT while `status`, its state read, waits for a daemon's /status (a socket that
+    accepts and never answers): after the job, not 'before anything began'."""
+    rows = dataset.selection("two")
+    dataset.populate(s3_server, rows)
+    destination = tmp_path / "mirror"
+    series = [arg for row in rows for arg in ("--series", str(row["crdc_series_uuid"]))]
+    done = idc_sync("sync", "--no-progress", "--destination", destination,
+                    "--endpoint", s3_server.endpoint, *series)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        listen = f"127.0.0.1:{silent.getsockname()[1]}"
+        command = [sys.executable, "-m", "idc_sync", "status", "--destination", str(destination)]
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "IDC_SYNC_CONFIG": "", "IDC_SYNC_HTTP__LISTEN": listen},
+        ) as process:  # fmt: skip
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # status has read the state and asks the daemon
+            with connection:
+                process.send_signal(signal.SIGINT)
+                _, said = process.communicate(timeout=30)
+    assert process.returncode == 130, said
+    assert said.strip() == "interrupted; run the same command again to resume"
+
+
 def test_a_python_whose_sqlite_is_too_old_is_refused_before_anything_is_written(
     tmp_path: Path,
 ) -> None:
