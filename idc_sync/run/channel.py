@@ -52,6 +52,7 @@ class Outbox:
         self._started: dict[str, int] = {}
         self._finished: list[tuple[str, str, float]] = []
         self._logs: list[dict[str, Any]] = []
+        self.parent_gone = False
 
     def send(self, message: dict[str, Any]) -> None:
         """Write one message now (after what is buffered)."""
@@ -59,8 +60,15 @@ class Outbox:
         self._write(message)
 
     def _write(self, message: dict[str, Any]) -> None:
-        self._out.write(encode(message))
-        self._out.flush()
+        if self.parent_gone:
+            return
+        try:
+            self._out.write(encode(message))
+            self._out.flush()
+        except BrokenPipeError:
+            # the parent was killed: nobody is left to tell, and its death (SIGTERM by
+            # PR_SET_PDEATHSIG, end of input) is stopping this worker already
+            self.parent_gone = True
 
     def flush(self) -> None:
         if not (self._bytes or self._files or self._errors or self._retries
