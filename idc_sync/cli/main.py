@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -52,7 +53,7 @@ missing or failed, or the local disk failed (the summary says what and why; run 
 2 bad configuration, manifest or selection, a plan that would retire too much, or a
 destination that is not the mirror the state describes (nothing was touched); 3 the state
 directory is unusable (held by another idc-sync, corrupt, from a newer version); 130
-interrupted."""
+interrupted (Ctrl-C or SIGTERM; run again to resume)."""
 
 log = logging.getLogger("idc_sync")
 
@@ -163,7 +164,7 @@ def _run(job: Callable[[], Any]) -> Any:
         context.meta[_BEGAN] = True
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(job())
+            return runner.run(_terminable(job))
     except ConfigurationError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_CONFIG)
@@ -177,9 +178,41 @@ def _run(job: Callable[[], Any]) -> Any:
     except IdcSyncError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_INCOMPLETE)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         stderr.print("interrupted; run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
+
+
+class _Terminated(Exception):
+    """SIGTERM ended the job."""
+
+
+async def _terminable(job: Callable[[], Any]) -> Any:
+    """Run the job; SIGTERM (timeout(1), a stopping systemd unit, kill) ends it as Ctrl-C
+    does: what is in flight is cancelled and recorded, the workers stopped, exit 130. Not
+    by way of SIGINT, which a shell starts background jobs ignoring. A second SIGTERM ends
+    the process at once. (`serve` puts its own handler, a drain, in place of this one.)"""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        loop.remove_signal_handler(signal.SIGTERM)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await job()
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        if not terminated:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 class _Commands(click.Group):

@@ -168,6 +168,58 @@ def test_a_ctrl_c_after_the_job_ran_says_to_run_it_again(
     assert said.strip() == "interrupted; run the same command again to resume"
 
 
+def test_sigterm_ends_a_sync_as_ctrl_c_does_even_where_sigint_is_ignored(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
+    """timeout(1), systemd and kill send SIGTERM: the sync stops what is in flight, says so
+    in one line and exits 130, and the next run completes. Also when SIGINT is ignored, as
+    a shell starts background jobs (`idc-sync sync ... &`)."""
+    rows = dataset.selection("qin_pet_phantom_small")
+    uploaded = dataset.populate(s3_server, rows)
+    s3_server.faults.add("latency", seconds=0.05, on=["GET"])
+    destination = tmp_path / "mirror"
+    series = [arg for row in rows for arg in ("--series", str(row["crdc_series_uuid"]))]
+    command = [
+        sys.executable,
+        "-m",
+        "idc_sync",
+        "sync",
+        "--no-progress",
+        "--destination",
+        str(destination),
+        "--endpoint",
+        s3_server.endpoint,
+        "--workers",
+        "2",
+        *series,
+    ]
+    for ignoring_sigint in (False, True):
+        before = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "IDC_SYNC_CONFIG": ""},
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if ignoring_sigint else None,
+        ) as process:  # fmt: skip
+            deadline = time.monotonic() + 60
+            placed = before
+            while placed < before + 5:  # files placed: the job runs
+                assert process.poll() is None, process.communicate()[1][-3000:]
+                assert time.monotonic() < deadline
+                placed = len(list(destination.rglob("*.dcm"))) if destination.exists() else 0
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            _, said = process.communicate(timeout=30)
+        assert process.returncode == 130, said[-3000:]
+        assert said.strip().splitlines()[-1] == "interrupted; run the same command again to resume"
+        assert "Traceback" not in said
+    s3_server.faults.clear()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
+                           env={**os.environ, "IDC_SYNC_CONFIG": ""})  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_mirrored(destination, rows, uploaded)
+
+
 def test_a_python_whose_sqlite_is_too_old_is_refused_before_anything_is_written(
     tmp_path: Path,
 ) -> None:
