@@ -196,6 +196,7 @@ async def _terminable(job: Callable[[], Any]) -> Any:
     assert task is not None
     loop = asyncio.get_running_loop()
     terminated = False
+    before = signal.getsignal(signal.SIGTERM)  # cli/entry.py's, around the job
 
     def terminate() -> None:
         nonlocal terminated
@@ -212,7 +213,8 @@ async def _terminable(job: Callable[[], Any]) -> Any:
         raise
     finally:
         if not terminated:
-            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGTERM)  # which leaves SIG_DFL
+            signal.signal(signal.SIGTERM, before)
 
 
 class _Commands(click.Group):

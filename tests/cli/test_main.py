@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import dataset
 from tests.support.cli import idc_sync
 from tests.support.mirror import assert_mirrored
@@ -80,9 +82,12 @@ def test_a_sync_that_follows_no_release_never_imports_aiohttp(
     assert not {name for name in imported if name.split(".")[0] == "aiohttp"}
 
 
-def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> None:
-    """SIGINT as soon as the import of pydantic has finished (-X importtime reports each
-    import as it ends), while the rest of the command line is still loading."""
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGTERM])
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(
+    interrupt: signal.Signals,
+) -> None:
+    """SIGINT (or SIGTERM) as soon as the import of pydantic has finished (-X importtime
+    reports each import as it ends), while the rest of the command line is still loading."""
     command = Path(sys.executable).with_name("idc-sync")
     seen: list[str] = []
     with subprocess.Popen(
@@ -94,7 +99,7 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130() -> Non
         for line in process.stderr:
             seen.append(line)
             if line.split("|")[-1].strip() == "pydantic":
-                process.send_signal(signal.SIGINT)
+                process.send_signal(interrupt)
                 break
         rest = process.stderr.read()
         printed = process.stdout.read()
@@ -138,11 +143,12 @@ def test_a_ctrl_c_while_the_settings_load_is_one_line_and_exit_130(tmp_path: Pat
     assert not (tmp_path / "mirror").exists()
 
 
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGTERM])
 def test_a_ctrl_c_after_the_job_ran_says_to_run_it_again(
-    tmp_path: Path, s3_server: S3TestServer
+    tmp_path: Path, s3_server: S3TestServer, interrupt: signal.Signals
 ) -> None:
-    """SIGINT while `status`, its state read, waits for a daemon's /status (a socket that
-    accepts and never answers): after the job, not 'before anything began'."""
+    """SIGINT (or SIGTERM) while `status`, its state read, waits for a daemon's /status (a
+    socket that accepts and never answers): after the job, not 'before anything began'."""
     rows = dataset.selection("two")
     dataset.populate(s3_server, rows)
     destination = tmp_path / "mirror"
@@ -162,7 +168,7 @@ def test_a_ctrl_c_after_the_job_ran_says_to_run_it_again(
             silent.settimeout(60)
             connection, _ = silent.accept()  # status has read the state and asks the daemon
             with connection:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(interrupt)
                 _, said = process.communicate(timeout=30)
     assert process.returncode == 130, said
     assert said.strip() == "interrupted; run the same command again to resume"
