@@ -11,6 +11,9 @@ from types import FrameType
 
 # cli/main.py's EXIT_CODES says what each means
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_STATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# what an interrupted run says, before its job began and once it has
+NOT_BEGUN = "interrupted before anything began"
+RESUMABLE = "interrupted; run the same command again to resume"
 
 
 def _as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -24,6 +27,6 @@ def main() -> None:
     try:
         from idc_sync.cli.main import main as command_line
     except KeyboardInterrupt:
-        print("interrupted before anything began", file=sys.stderr)
+        print(NOT_BEGUN, file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     command_line()

@@ -37,6 +37,8 @@ from idc_sync.cli.entry import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STATE,
+    NOT_BEGUN,
+    RESUMABLE,
 )
 from idc_sync.cli.progress import ProgressDisplay
 from idc_sync.cli.render import stderr, stdout
@@ -179,7 +181,7 @@ def _run(job: Callable[[], Any]) -> Any:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_INCOMPLETE)
     except (KeyboardInterrupt, _Terminated):
-        stderr.print("interrupted; run the same command again to resume")
+        stderr.print(RESUMABLE)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -227,9 +229,9 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             if ctx.meta.get(_BEGAN):
-                stderr.print("interrupted; run the same command again to resume")
+                stderr.print(RESUMABLE)
             else:
-                stderr.print("interrupted before anything began")
+                stderr.print(NOT_BEGUN)
             sys.exit(EXIT_INTERRUPTED)
 
 
