@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     # objects and series in flight, in all event loops together
     concurrency: int = Field(default=256, ge=1, le=4096)
     series_concurrency: int = Field(default=32, ge=1, le=1024)
+    # bytes of small objects' bodies (up to 8 MiB, read whole) held in memory at once, in
+    # all event loops together: past it, GETs wait for bodies to be written (a larger body
+    # than a loop's share goes alone)
+    body_memory_bytes: int = Field(default=128 << 20, ge=1 << 20, le=1 << 40)
     # event loops of the data plane: this process and workers - 1 worker processes leasing
     # from the same queue (run/pool.py); 0: one per 1,000 objects to fetch, at most one
     # per core

@@ -131,6 +131,14 @@ def test_wrong_type_names_the_key_and_the_file(tmp_path: Path) -> None:
     assert str(config) in str(caught.value)
 
 
+def test_a_body_memory_below_one_mebibyte_names_the_key(tmp_path: Path) -> None:
+    config = write(tmp_path / "idc-sync.toml", "body_memory_bytes = 65536\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(config)
+    assert "body_memory_bytes" in str(caught.value)
+    assert load_settings(None).body_memory_bytes == 128 << 20
+
+
 @pytest.mark.parametrize(
     "text",
     [

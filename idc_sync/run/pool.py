@@ -66,6 +66,7 @@ def share(settings: Settings, loops: int) -> Settings:
         update={
             "concurrency": max(1, math.ceil(settings.concurrency / loops)),
             "series_concurrency": max(1, math.ceil(settings.series_concurrency / loops)),
+            "body_memory_bytes": max(1, settings.body_memory_bytes // loops),
         }
     )
 

@@ -59,6 +59,7 @@ async def open_engine(settings: Settings) -> AsyncIterator[Engine]:
     native = NativeEngine(
         settings.endpoint,
         concurrency=settings.concurrency,
+        body_budget=settings.body_memory_bytes,
         pin_etag=settings.source == "aws",
         ask_checksums=settings.source == "aws",
         throttle=BandwidthThrottle.following(settings.bandwidth_schedule),
@@ -86,6 +87,7 @@ def open_failover_engine(settings: Settings) -> AbstractAsyncContextManager[Engi
     return NativeEngine(
         settings.endpoints.aws if other == "aws" else settings.endpoints.gcs,
         concurrency=settings.concurrency,
+        body_budget=settings.body_memory_bytes,
         pin_etag=False,
         # a series listed on the other cloud (its own listing failed) is verified by what
         # that cloud publishes; objects failed over are held to the source's listing only

@@ -25,7 +25,7 @@ from idc_sync.core.errors import SelectionError
 from idc_sync.run.channel import Outbox
 from idc_sync.run.jobs import sync
 from idc_sync.run.operator import retry_failed
-from idc_sync.run.pool import OBJECTS_PER_LOOP, WorkerPool, event_loops
+from idc_sync.run.pool import OBJECTS_PER_LOOP, WorkerPool, event_loops, share
 from idc_sync.run.round import start_pool
 from tests.support import dataset
 from tests.support.mirror import assert_mirrored, settings_for
@@ -108,7 +108,7 @@ def test_workers_share_the_queue_and_their_progress_and_summaries_add_up(
         (4, 10, 2, 4),  # the operator's number stands
     ],
 )
-def test_the_default_runs_one_event_loop_per_ten_thousand_objects_up_to_one_per_core(
+def test_the_default_runs_one_event_loop_per_thousand_objects_up_to_one_per_core(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     workers: int,
@@ -123,6 +123,17 @@ def test_the_default_runs_one_event_loop_per_ten_thousand_objects_up_to_one_per_
         tmp_path, "http://127.0.0.1:9", [], workers=workers, max_bytes_per_second=1_000_000
     )
     assert event_loops(capped, to_fetch) == 1  # a bandwidth cap is exact in one process
+
+
+def test_each_loop_gets_its_share_of_what_the_settings_bound_in_total(tmp_path: Path) -> None:
+    settings = settings_for(
+        tmp_path, "http://127.0.0.1:9", [], concurrency=256, series_concurrency=32,
+        body_memory_bytes=128 << 20,
+    )  # fmt: skip
+    one = share(settings, 3)
+    assert (one.concurrency, one.series_concurrency) == (86, 11)
+    assert one.body_memory_bytes == (128 << 20) // 3
+    assert share(settings, 1).body_memory_bytes == 128 << 20
 
 
 class Spawns:

@@ -482,6 +482,8 @@ class S3TestServer:
         self.requested_port = port  # 0: any free port
         self.tls = tls  # serve HTTPS with this server context
         self.accepted = 0  # connections accepted (TLS or not)
+        self.in_flight = 0  # requests being answered now
+        self.peak_in_flight = 0  # the most at once since start (or reset_peak)
         self.faults = FaultPlan(seed=seed)
         self.errors: list[BaseException] = []
         self._buckets: dict[str, dict[str, StoredObject]] = {}
@@ -654,6 +656,15 @@ class S3TestServer:
                     continue
             n += 1
         return n
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self.peak_in_flight = self.in_flight
+
+    def _answering(self, change: int) -> None:
+        with self._lock:
+            self.in_flight += change
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -1231,6 +1242,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         owner = self.server.owner
+        owner._answering(+1)
+        try:
+            self._answer(owner)
+        finally:
+            owner._answering(-1)
+
+    def _answer(self, owner: S3TestServer) -> None:
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault(name.lower(), []).append(value)
