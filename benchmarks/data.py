@@ -76,6 +76,8 @@ class Workload:
 
 _LARGE = "instanceCount = 1 AND series_size_MB BETWEEN 800 AND 1000"
 _REQUEST = "series_size_MB * 1000 / instanceCount BETWEEN 55 AND 65"
+# files read whole (up to 8 MiB) but large enough that bodies waiting in memory add up
+_MID = "series_size_MB / instanceCount BETWEEN 5 AND 8 AND instanceCount BETWEEN 20 AND 200"
 
 WORKLOADS = {
     "ct": Workload(
@@ -89,6 +91,10 @@ WORKLOADS = {
     "request": Workload(
         "request", "request-bound: acrin_nsclc_fdg_pet series of ~60 KB files", latency_ms=50,
         collection_id="acrin_nsclc_fdg_pet", where=_REQUEST, max_files=37_000,
+    ),
+    "mid": Workload(
+        "mid", "mid-sized: 667 files of 5-8 MB (htan_ohsu slides, a varepop_apollo CT)",
+        latency_ms=20, where=_MID, max_files=600,
     ),
     "large-gcs": Workload(
         "large-gcs", "large from GCS: x-goog-hash crc32c + md5", latency_ms=0, where=_LARGE,

@@ -512,7 +512,7 @@ def scale_run(base: Path, out_base: Path) -> dict[str, Any]:
     return report
 
 
-DEFAULT_WORKLOADS = ["ct", "large", "request", "large-gcs", "large-crc", "multipart"]
+DEFAULT_WORKLOADS = ["ct", "mid", "large", "request", "large-gcs", "large-crc", "multipart"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
